@@ -1,0 +1,167 @@
+"""The event store: views and clicks as parquet datasets partitioned by day.
+
+Layout (Hive-style, readable by pandas/pyarrow and by Spark)::
+
+    EVENTS/views/date=YYYY-MM-DD/part-0.parquet
+    EVENTS/clicks/date=YYYY-MM-DD/part-0.parquet
+
+Columns: ``user_id`` (string), ``item_id`` (string), ``ts`` (timestamp[us, UTC]).
+Every write goes to a temporary folder first and is renamed into place, so a
+reader never sees a half-written day or store.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from infra.errors import UserError
+
+KINDS = ("views", "clicks")
+SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def parse_date(value: str | dt.date) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise UserError(f"not a date (expected YYYY-MM-DD): {value!r}") from None
+
+
+def window_dates(run_date: str | dt.date, window_days: int) -> list[dt.date]:
+    """The days of the window [D-W, D), oldest first."""
+    end = parse_date(run_date)
+    if window_days < 1:
+        raise UserError(f"window must be at least 1 day, got {window_days}")
+    return [end - dt.timedelta(days=k) for k in range(window_days, 0, -1)]
+
+
+def partition_dir(root: Path, kind: str, day: dt.date) -> Path:
+    return Path(root) / kind / f"date={day.isoformat()}"
+
+
+def list_days(root: Path, kind: str = "views") -> list[dt.date]:
+    """Days present in the store for one kind, sorted."""
+    base = Path(root) / kind
+    if not base.is_dir():
+        return []
+    days = []
+    for p in base.iterdir():
+        if p.is_dir() and p.name.startswith("date="):
+            try:
+                days.append(dt.date.fromisoformat(p.name[5:]))
+            except ValueError:
+                continue
+    return sorted(days)
+
+
+def is_event_store(root: Path) -> bool:
+    return any((Path(root) / kind).is_dir() for kind in KINDS)
+
+
+def require_event_store(root: Path) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"event store not found: {root}")
+    if not is_event_store(root):
+        raise UserError(f"not an event store (no views/ or clicks/ folder): {root}")
+    return root
+
+
+def to_table(user_id, item_id, ts) -> pa.Table:
+    """Build a table in the store's schema from array-likes (ts: datetime64 or arrow timestamps)."""
+    ts_arr = pa.array(ts) if not isinstance(ts, (pa.Array, pa.ChunkedArray)) else ts
+    if pa.types.is_timestamp(ts_arr.type) and ts_arr.type.tz is None:
+        ts_arr = pc.assume_timezone(ts_arr, "UTC")
+    return pa.table(
+        {
+            "user_id": pa.array(user_id, pa.string()) if not isinstance(user_id, (pa.Array, pa.ChunkedArray)) else user_id.cast(pa.string()),
+            "item_id": pa.array(item_id, pa.string()) if not isinstance(item_id, (pa.Array, pa.ChunkedArray)) else item_id.cast(pa.string()),
+            "ts": ts_arr.cast(pa.timestamp("us", tz="UTC")),
+        },
+        schema=SCHEMA,
+    )
+
+
+def write_day(root: Path, kind: str, day: dt.date, table: pa.Table) -> Path:
+    """Write (or replace) one day's partition atomically."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    final = partition_dir(root, kind, day)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        pq.write_table(table.select(SCHEMA.names), tmp / "part-0.parquet", compression="snappy")
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_day(root: Path, kind: str, day: dt.date) -> pa.Table:
+    """One day's events; an empty table when the day is missing."""
+    path = partition_dir(root, kind, day)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if not files:
+        return SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def read_window(root: Path, kind: str, run_date: str | dt.date, window_days: int) -> pa.Table:
+    """Events of [D-W, D) with a ``date`` column (date32) added, oldest day first."""
+    tables = []
+    for day in window_dates(run_date, window_days):
+        t = read_day(root, kind, day)
+        tables.append(t.append_column("date", pa.array([day] * t.num_rows, pa.date32())))
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+@contextmanager
+def staging_dir(final: Path, *, allow_existing_store: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``final`` that is renamed into place on success.
+
+    Refuses an output folder that already holds other data (unless it is an
+    event store and ``allow_existing_store`` is set, in which case the caller
+    writes day partitions straight into it).
+    """
+    final = Path(final).resolve()
+    if final.exists() and any(final.iterdir()):
+        if allow_existing_store and is_event_store(final):
+            yield final
+            return
+        raise UserError(f"output folder is not empty: {final} (choose a new folder or remove it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,202 @@
+"""The one typed settings object of the pipeline.
+
+Every knob has a default, an environment variable ``LED_<FIELD>`` and may be set
+in a TOML file (``led.toml`` in the working directory, or the file named by
+``LED_CONFIG``). The tools' own standard variables are honoured too:
+``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``, ``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL`` and ``AWS_DEFAULT_REGION``; credentials come from boto3's
+standard chain unless ``LED_AWS_ACCESS_KEY_ID`` / ``LED_AWS_SECRET_ACCESS_KEY``
+are given. Precedence: ``LED_*`` > standard variable > TOML > default.
+
+The defaults point at the local stack (``led stack up``), so after it every
+command works with no configuration at all.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+LossName = Literal["bpr", "ns", "css", "multi"]
+NegativeSampling = Literal["uniform", "popularity"]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Effective configuration. Paths are resolved to absolute paths."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LED_", extra="ignore", validate_default=True, populate_by_name=True
+    )
+
+    # --- storage -----------------------------------------------------------
+    home: Path = Field(Path(".led"), description="Root of all local state (events, work, stack).")
+    events_dir: Path | None = Field(None, description="Event store; default HOME/events.")
+    work_dir: Path | None = Field(None, description="Run folders and caches; default HOME/work.")
+    stack_dir: Path | None = Field(None, description="Local stack state, logs and PIDs; default HOME/stack.")
+
+    # --- Spark ---------------------------------------------------------------
+    spark_master: str = Field("local[*]", description="Any Spark master URL.")
+    spark_driver_memory: str = Field("6g", description="Only honoured before the JVM starts.")
+    spark_shuffle_partitions: int = Field(8, ge=1)
+
+    # --- MLflow ----------------------------------------------------------------
+    mlflow_tracking_uri: str = Field(
+        "http://127.0.0.1:5055",
+        validation_alias=_env("LED_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", "mlflow_tracking_uri"),
+    )
+    mlflow_experiment: str = "led-daily"
+    mlflow_model_name: str = "led-recommender"
+
+    # --- Prefect ---------------------------------------------------------------
+    prefect_api_url: str = Field(
+        "http://127.0.0.1:4200/api",
+        validation_alias=_env("LED_PREFECT_API_URL", "PREFECT_API_URL", "prefect_api_url"),
+    )
+
+    # --- S3 serving storage -------------------------------------------------
+    s3_endpoint_url: str | None = Field(
+        "http://127.0.0.1:5077",
+        validation_alias=_env(
+            "LED_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "s3_endpoint_url"
+        ),
+        description="Empty string = AWS's own endpoint.",
+    )
+    s3_bucket: str = "led-serving"
+    s3_prefix: str = "led"
+    aws_region: str = Field(
+        "us-east-1", validation_alias=_env("LED_AWS_REGION", "AWS_DEFAULT_REGION", "AWS_REGION", "aws_region")
+    )
+    aws_access_key_id: SecretStr | None = Field(None, description="Else boto3's standard chain.")
+    aws_secret_access_key: SecretStr | None = Field(None, description="Else boto3's standard chain.")
+
+    # --- local stack ---------------------------------------------------------
+    stack_host: str = "127.0.0.1"
+    moto_port: int = Field(5077, ge=1, le=65535)
+    mlflow_port: int = Field(5055, ge=1, le=65535)
+    prefect_port: int = Field(4200, ge=1, le=65535)
+
+    # --- data ----------------------------------------------------------------
+    window_days: int = Field(14, ge=1, description="Training window [D-W, D).")
+    click_rating_threshold: float = Field(4.0, description="MovieLens: rating >= this is also a click.")
+    seed: int = 42
+
+    # --- validation (Great Expectations) ------------------------------------
+    max_duplicate_rate: float = Field(0.01, ge=0, le=1)
+    volume_min_ratio: float = Field(0.25, gt=0, description="Day rows >= ratio x trailing 7-day median.")
+    volume_max_ratio: float = Field(4.0, gt=0, description="Day rows <= ratio x trailing 7-day median.")
+    max_new_item_share: float = Field(0.5, ge=0, le=1, description="Share of a day's items never seen before.")
+    max_orphan_click_rate: float = Field(0.05, ge=0, le=1, description="Clicks whose item was never viewed.")
+
+    # --- pre-training (PMI + randomized SVD) --------------------------------
+    dim: int = Field(128, ge=2, description="Embedding size d.")
+    min_count: int = Field(5, ge=1, description="Drop items with fewer co-occurrences.")
+    pmi_smoothing: float = Field(0.75, gt=0, le=1)
+    svd_oversampling: int = Field(10, ge=0)
+    svd_power_iters: int = Field(2, ge=0)
+    max_timeline: int = Field(200, ge=2, description="Cap per-user timeline length in co-occurrence.")
+
+    # --- fine-tuning (LED Project) -------------------------------------------
+    loss: LossName = "bpr"
+    num_negatives: int = Field(1000, ge=1)
+    negative_sampling: NegativeSampling = "uniform"
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(512, ge=1)
+    epochs: int = Field(20, ge=1)
+    patience: int = Field(3, ge=1, description="Early stopping on validation NDCG@100.")
+    keep_prob: float = Field(0.5, gt=0, le=1)
+    target_ratio: float = Field(0.2, gt=0, lt=1)
+
+    # --- gate, index, serving ----------------------------------------------
+    gate_tolerance: float = Field(0.02, ge=0, lt=1)
+    vocab_min_ratio: float = Field(0.5, gt=0)
+    vocab_max_ratio: float = Field(2.0, gt=0)
+    n_trees: int = Field(50, ge=1)
+    search_k: int = Field(20000, ge=-1)
+    min_ann_recall: float = Field(0.95, ge=0, le=1)
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(8080, ge=1, le=65535)
+    serve_poll_seconds: float = Field(5.0, gt=0)
+    serve_max_items: int = Field(1000, ge=1)
+    serve_max_k: int = Field(1000, ge=1)
+    serve_max_body_bytes: int = Field(1 << 20, ge=1024)
+
+    @field_validator("s3_endpoint_url", mode="before")
+    @classmethod
+    def _blank_endpoint_is_aws(cls, v: Any) -> Any:
+        return v or None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("LED_CONFIG", "led.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def model_post_init(self, __context: Any) -> None:
+        self.home = self.home.expanduser().resolve()
+        self.events_dir = (self.events_dir or self.home / "events").expanduser().resolve()
+        self.work_dir = (self.work_dir or self.home / "work").expanduser().resolve()
+        self.stack_dir = (self.stack_dir or self.home / "stack").expanduser().resolve()
+
+    # --- derived -------------------------------------------------------------
+    @property
+    def moto_url(self) -> str:
+        return f"http://{self.stack_host}:{self.moto_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.stack_host}:{self.mlflow_port}"
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{self.stack_host}:{self.prefect_port}/api"
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings as JSON-ready data, secrets masked."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; call ``get_settings.cache_clear()`` after changing the environment.
+
+    An invalid value (environment or TOML) is a ``UserError`` naming the field.
+    """
+    from pydantic import ValidationError
+
+    from infra.errors import UserError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        raise UserError(f"invalid setting {field}: {first['msg']} (got {first.get('input')!r})") from None
