@@ -1,0 +1,76 @@
+"""Ranking metrics shared by every model, the gate and the benchmarks.
+
+Definitions follow Liang et al. 2018 (Mult-VAE), as used in the LED paper:
+
+- ``Recall@K = |top-K ∩ targets| / min(K, |targets|)``
+- ``NDCG@K = DCG@K / IDCG@K`` with binary relevance, ``DCG = Σ 1/log2(rank+1)``
+  over hits in the top-K, ``IDCG`` over ``min(K, |targets|)`` hits.
+- ``coverage@K``: share of the catalog appearing in at least one top-K list.
+
+Inputs are rankings (item indices, best first, fold-in items already
+excluded) and target sets; users without targets are skipped.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+DEFAULT_KS = {"recall@20": 20, "recall@50": 50, "ndcg@100": 100}
+
+
+def recall_at_k(ranked: Sequence[int], targets: set, k: int) -> float:
+    if not targets:
+        return float("nan")
+    hits = sum(1 for i in ranked[:k] if i in targets)
+    return hits / min(k, len(targets))
+
+
+def ndcg_at_k(ranked: Sequence[int], targets: set, k: int) -> float:
+    if not targets:
+        return float("nan")
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = sum(discounts[r] for r, i in enumerate(ranked[:k]) if i in targets)
+    idcg = discounts[: min(k, len(targets))].sum()
+    return float(dcg / idcg)
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Row-wise indices of the k largest scores, best first (scores: users × items)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def evaluate_rankings(rankings: Iterable[Sequence[int]], targets: Iterable[set],
+                      n_items: int | None = None, coverage_k: int = 20) -> dict[str, float]:
+    """Mean Recall@20, Recall@50, NDCG@100 (and coverage@20 when n_items is given)."""
+    per_metric: dict[str, list[float]] = {name: [] for name in DEFAULT_KS}
+    covered: set = set()
+    users = 0
+    for ranked, target in zip(rankings, targets):
+        if not target:
+            continue
+        users += 1
+        ranked = list(ranked)
+        covered.update(ranked[:coverage_k])
+        per_metric["recall@20"].append(recall_at_k(ranked, target, 20))
+        per_metric["recall@50"].append(recall_at_k(ranked, target, 50))
+        per_metric["ndcg@100"].append(ndcg_at_k(ranked, target, 100))
+    out = {name: float(np.mean(v)) if v else float("nan") for name, v in per_metric.items()}
+    out["users"] = users
+    if n_items:
+        out[f"coverage@{coverage_k}"] = len(covered) / n_items
+    return out
+
+
+def evaluate_scores(scores: np.ndarray, fold_in: Sequence[Sequence[int]], targets: Sequence[set],
+                    k: int = 100) -> dict[str, float]:
+    """Rank dense scores (users × items) with fold-in items excluded, then evaluate."""
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    for row, items in enumerate(fold_in):
+        if len(items):
+            scores[row, list(items)] = -np.inf
+    rankings = top_k_indices(scores, k)
+    return evaluate_rankings(rankings, targets, n_items=scores.shape[1])
