@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     volume_max_ratio: float = Field(4.0, gt=0, description="Day rows <= ratio x trailing 7-day median.")
     max_new_item_share: float = Field(0.5, ge=0, le=1, description="Share of a day's items never seen before.")
     max_orphan_click_rate: float = Field(0.05, ge=0, le=1, description="Clicks whose item was never viewed.")
+    volume_min_active_users: int = Field(
+        100, ge=0,
+        description="Volume, empty-day and new-item checks apply to a day only when the trailing 7-day median "
+        "of daily active users reaches this: with fewer users one heavy user swings a day several-fold "
+        "(ML-100K: ~11 users/day, days from 0 to 3550 ratings) and ratio bounds would only raise false alarms.",
+    )
 
     # --- pre-training (PMI + randomized SVD) --------------------------------
     dim: int = Field(128, ge=2, description="Embedding size d.")
