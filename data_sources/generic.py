@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from data_sources.replay import Interactions, parse_timestamps, require_columns, write_store
+from infra import events
 from infra.errors import UserError
 
 
@@ -49,4 +50,5 @@ def generic_interactions(path: Path, user_col: str, item_col: str, ts_col: str, 
 
 def import_generic(path: Path, out: Path, on_day=None, **columns) -> dict:
     """Import a generic log (see ``generic_interactions`` for the column options) into a new event store."""
+    events.check_new_output(out)
     return write_store(generic_interactions(path, **columns), out, on_day)

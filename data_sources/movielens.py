@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from data_sources.replay import Interactions, require_columns, write_store
+from infra import events
 from infra.errors import UserError
 
 MOVIELENS_FILES = ("ml-100k.inter", "u.data", "ratings.dat", "ratings.csv")
@@ -71,4 +72,5 @@ def movielens_interactions(path: Path, click_threshold: float = 4.0) -> Interact
 
 def import_movielens(path: Path, out: Path, click_threshold: float = 4.0, on_day=None) -> dict:
     """Import a MovieLens ratings file (or a folder holding one) into a new event store."""
+    events.check_new_output(out)
     return write_store(movielens_interactions(path, click_threshold), out, on_day)

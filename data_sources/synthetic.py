@@ -47,6 +47,7 @@ class WorldConfig:
     start: dt.date = dt.date(2026, 1, 1)
     seed: int = 42
     topics: int = 20
+    taste_concentration: float = 0.1  # Dirichlet alpha of user tastes: small = few favourite topics
     zipf_exponent: float = 1.0
     active_share: float = 0.3
     sessions_per_active_user: float = 1.3
@@ -54,8 +55,8 @@ class WorldConfig:
     explore_share: float = 0.1
     item_churn: float = 0.01
     user_churn: float = 0.01
-    click_bias: float = -3.0
-    click_affinity: float = 4.0
+    click_bias: float = -3.5
+    click_affinity: float = 8.0
     quality_std: float = 0.5
 
     def __post_init__(self) -> None:
@@ -133,7 +134,7 @@ class SyntheticWorld:
         self.item_ids.grow(n)
 
     def _join_users(self, n: int, day: int) -> None:
-        theta = self.rng.dirichlet(np.full(self.cfg.topics, 0.3), n).astype(np.float32)
+        theta = self.rng.dirichlet(np.full(self.cfg.topics, self.cfg.taste_concentration), n).astype(np.float32)
         self.user_theta = np.concatenate([self.user_theta, theta])
         self.user_born = np.concatenate([self.user_born, np.full(n, day, np.int32)])
         self.user_died = np.concatenate([self.user_died, np.full(n, -1, np.int32)])
@@ -257,6 +258,7 @@ def generate(out: Path, config: WorldConfig,
     """Write a synthetic world's events (and its truth) to a new event store ``out``."""
     totals = {"views": 0, "clicks": 0, "days": 0, "launched": 0, "retired": 0}
     users, items = set(), set()
+    events.check_new_output(out)
     with events.staging_dir(out) as tmp:
         world = SyntheticWorld(config)
         for day in world.days():

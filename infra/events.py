@@ -141,6 +141,24 @@ def read_window(root: Path, kind: str, run_date: str | dt.date, window_days: int
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
+def require_window(root: Path, kind: str, run_date: str | dt.date, window_days: int) -> pa.Table:
+    """``read_window`` that refuses an empty window with a ``UserError`` naming it."""
+    root = require_event_store(root)
+    table = read_window(root, kind, run_date, window_days)
+    if table.num_rows == 0:
+        days = window_dates(run_date, window_days)
+        raise UserError(f"no {kind} in the window [{days[0]}, {parse_date(run_date)}) of {root}")
+    return table
+
+
+def check_new_output(final: Path) -> Path:
+    """Refuse an output folder that already holds other data (checked before any work starts)."""
+    final = Path(final).resolve()
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise UserError(f"output folder is not empty: {final} (choose a new folder or remove it)")
+    return final
+
+
 @contextmanager
 def staging_dir(final: Path, *, allow_existing_store: bool = False) -> Iterator[Path]:
     """A temporary sibling of ``final`` that is renamed into place on success.
@@ -150,11 +168,10 @@ def staging_dir(final: Path, *, allow_existing_store: bool = False) -> Iterator[
     writes day partitions straight into it).
     """
     final = Path(final).resolve()
-    if final.exists() and any(final.iterdir()):
-        if allow_existing_store and is_event_store(final):
-            yield final
-            return
-        raise UserError(f"output folder is not empty: {final} (choose a new folder or remove it)")
+    if allow_existing_store and is_event_store(final):
+        yield final
+        return
+    check_new_output(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:

@@ -87,3 +87,49 @@ def led(capsys):
         return code, last, out, err
 
     return run
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+STACK_ENV_KEYS = ("LED_HOME", "LED_MOTO_PORT", "LED_MLFLOW_PORT", "LED_PREFECT_PORT",
+                  "LED_MLFLOW_TRACKING_URI", "LED_PREFECT_API_URL", "LED_S3_ENDPOINT_URL")
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """The real local stack (moto S3, MLflow server, Prefect server) on free ports, once per session.
+
+    Sets LED_* variables so every command in the test session points at it, and stops
+    every process it started at the end. Yields the effective Settings.
+    """
+    from infra.settings import Settings, get_settings
+    from infra.stack import LocalStack
+
+    home = tmp_path_factory.mktemp("led-home")
+    ports = {"LED_MOTO_PORT": free_port(), "LED_MLFLOW_PORT": free_port(), "LED_PREFECT_PORT": free_port()}
+    env = {"LED_HOME": str(home), **{k: str(v) for k, v in ports.items()},
+           "LED_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['LED_MLFLOW_PORT']}",
+           "LED_PREFECT_API_URL": f"http://127.0.0.1:{ports['LED_PREFECT_PORT']}/api",
+           "LED_S3_ENDPOINT_URL": f"http://127.0.0.1:{ports['LED_MOTO_PORT']}"}
+    saved = {k: os.environ.get(k) for k in STACK_ENV_KEYS}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    settings = Settings()
+    stack = LocalStack(settings)
+    try:
+        stack.up(timeout=180)
+        yield settings
+    finally:
+        stack.down()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
