@@ -1,0 +1,284 @@
+"""Item-item co-occurrence and PMI from views, as Spark jobs over item row blocks.
+
+Definitions (DESIGN.md; Levy, Goldberg & Dagan 2015 for the smoothing):
+
+- A user's timeline is the *set* of items they viewed in the window. Timelines
+  longer than ``max_timeline`` distinct items keep the most recently viewed
+  ``max_timeline`` items (a seeded random subset when there are no timestamps);
+  the number of capped users is reported. This bounds the co-occurrence work,
+  which is quadratic in the timeline length, by ``users · max_timeline²``.
+- ``c_ij`` = number of users whose timeline holds both i and j; ``c_ii = 0``.
+- ``r_i = Σ_j c_ij``. Items with ``r_i < min_count`` are dropped (rows and
+  columns), then the marginals are recomputed on what is left (``r'``); items
+  left with ``r'_i = 0`` are dropped too (they have no kept partner).
+- ``PMI_ij = max(0, log c_ij − log r'_i − α log r'_j + log Σ_k r'_k^α)``, i.e.
+  ``log P(i, j) / (P(i) P_α(j))`` with the context distribution raised to
+  ``α = 0.75`` (the normaliser ``T = Σ c`` cancels). deepr's movielens example
+  normalises ``P_α`` by ``Σ_ij c_ij^α`` instead; we use the textbook ``Σ_k r_k^α``.
+  Rows are "items", columns "contexts"; with α < 1 the matrix is not symmetric.
+
+How it is distributed: items get a dense index (sorted ids); the index range
+is cut into ``B`` contiguous row blocks. Each user's capped timeline is sent to
+every block it touches, so block b can compute its rows of the co-occurrence
+matrix exactly, ``C_b = X[:, b]ᵀ X`` over the users it received (a local
+scipy sparse product), with no reduce over partial sums. Shuffle volume is
+``Σ_u L_u · min(B, L_u)`` item indices instead of a number of pairs. Because
+C is symmetric, the same block also yields its rows of PMIᵀ, which the
+randomized SVD needs for products with Aᵀ.
+
+Memory model (U users, L̄ mean capped timeline length, T = max_timeline, I
+items, B blocks, nnz = non-zeros of C):
+- driver: item ids and counts, marginals and masks, O(I) (~ 50·I bytes).
+- shuffle: timelines ``4 · U · L̄ · min(B, L̄)`` bytes.
+- one block task: its users' timelines plus ``C_b`` (12 bytes per non-zero)
+  and the transient product, bounded by ``Σ_u L_u²/B`` multiply-adds.
+- cached: C blocks while PMI is built (12 · nnz), then PMI and PMIᵀ
+  (2 · 8 · nnz, float32 values + int32 indices).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.rsvd import BlockSparse, even_offsets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PMIResult:
+    matrix: BlockSparse          # PPMI over the kept items (rows and cols in item_ids order)
+    item_ids: np.ndarray         # kept item ids, sorted
+    counts: np.ndarray           # int64 views per kept item
+    sizes: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+# --- Spark side: timelines -------------------------------------------------------
+
+def item_counts(views):
+    """Sorted item ids and their view counts (one small collect, O(I))."""
+    from pyspark.sql import functions as F
+
+    pdf = views.groupBy("item_id").agg(F.count(F.lit(1)).alias("n")).toPandas()
+    order = np.argsort(pdf["item_id"].to_numpy().astype(str), kind="stable")
+    ids = pdf["item_id"].to_numpy().astype(str)[order]
+    return ids, pdf["n"].to_numpy().astype(np.int64)[order]
+
+
+def capped_timelines(spark, views, item_ids: np.ndarray, max_timeline: int, seed: int):
+    """DataFrame (n: distinct items before the cap, items: array<int> of at most T indices)."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    index = spark.createDataFrame(pd.DataFrame({"item_id": item_ids, "idx": np.arange(len(item_ids), dtype=np.int32)}))
+    has_ts = "ts" in views.columns
+    pairs = views.join(F.broadcast(index), "item_id")
+    if has_ts:
+        # Most recent first: the order key is the last time the user viewed the item.
+        pairs = pairs.groupBy("user_id", "idx").agg(F.max("ts").cast("long").alias("key"))
+    else:
+        pairs = pairs.select("user_id", "idx").distinct().withColumn(
+            "key", F.xxhash64("user_id", "idx", F.lit(seed)))
+    per_user = pairs.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("key", "idx")), asc=False).alias("s"))
+    return per_user.select(
+        F.size("s").alias("n"),
+        F.transform(F.slice("s", 1, max_timeline), lambda x: x["idx"]).alias("items"),
+    )
+
+
+def _route_to_blocks(offsets: np.ndarray):
+    """mapInArrow function: send each timeline to every row block it touches.
+
+    Output rows (block, payload): payload is int32 [n_users, lengths..., items...].
+    """
+    import pyarrow as pa
+
+    n_blocks = len(offsets) - 1
+
+    def route(batches):
+        lengths, flats = [], []
+        for batch in batches:
+            col = batch.column(batch.schema.get_field_index("items"))
+            flat = col.values.to_numpy(zero_copy_only=False).astype(np.int32)
+            offs = col.offsets.to_numpy()
+            lengths.append(np.diff(offs).astype(np.int32))
+            flats.append(flat[offs[0]:offs[-1]])
+        if not lengths:
+            return
+        length = np.concatenate(lengths)
+        flat = np.concatenate(flats)
+        start = np.concatenate([[0], np.cumsum(length)])
+        user = np.repeat(np.arange(len(length)), length)
+        block = np.searchsorted(offsets, flat, side="right") - 1
+        touched = np.unique(user.astype(np.int64) * n_blocks + block)
+        out_blocks, out_payloads = [], []
+        for b in range(n_blocks):
+            users = touched[touched % n_blocks == b] // n_blocks
+            if len(users) == 0:
+                continue
+            sel = length[users]
+            take = np.concatenate([np.arange(start[u], start[u + 1]) for u in users])
+            payload = np.concatenate([[len(users)], sel, flat[take]]).astype(np.int32)
+            out_blocks.append(b)
+            out_payloads.append(payload.tobytes())
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(out_blocks, pa.int32()), pa.array(out_payloads, pa.large_binary())],
+            names=["block", "payload"])
+
+    return route
+
+
+def _cooccurrence_block(offsets: np.ndarray, n_items: int):
+    """mapPartitions function: rows of C for one block from the timelines routed to it."""
+
+    def compute(part):
+        lengths, flats, block = [], [], None
+        for b, payload in part:
+            block = b
+            arr = np.frombuffer(payload, dtype=np.int32)
+            n = int(arr[0])
+            lengths.append(arr[1:1 + n])
+            flats.append(arr[1 + n:])
+        if block is None:
+            return
+        lo, hi = int(offsets[block]), int(offsets[block + 1])
+        length = np.concatenate(lengths)
+        flat = np.concatenate(flats)
+        indptr = np.concatenate([[0], np.cumsum(length, dtype=np.int64)])
+        x = sp.csr_matrix((np.ones(len(flat), dtype=np.int32), flat, indptr), shape=(len(length), n_items))
+        xb = x[:, lo:hi].T.tocsr()
+        c = (xb @ x).tocsr()
+        # Zero diagonal: entry (r, lo + r).
+        rows = np.repeat(np.arange(c.shape[0]), np.diff(c.indptr))
+        c.data[c.indices == rows + lo] = 0
+        c.eliminate_zeros()
+        yield block, c
+
+    return compute
+
+
+def cooccurrence_blocks(spark, timelines, offsets: np.ndarray, n_items: int):
+    """Cached RDD of (block, C_b CSR int32 (rows of block b) × I)."""
+    from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
+
+    n_blocks = len(offsets) - 1
+    schema = StructType([StructField("block", IntegerType()), StructField("payload", BinaryType())])
+    routed = timelines.select("items").mapInArrow(_route_to_blocks(offsets), schema)
+    return (
+        routed.rdd.map(lambda row: (int(row[0]), bytes(row[1])))
+        .partitionBy(n_blocks, lambda b: b)
+        .mapPartitions(_cooccurrence_block(offsets, n_items), preservesPartitioning=True)
+        .cache()
+    )
+
+
+# --- PMI ------------------------------------------------------------------------
+
+def _row_sums(blocks, offsets: np.ndarray, n_items: int, col_mask_bc=None) -> np.ndarray:
+    """Σ_j c_ij for every item (over the columns in the mask when one is given)."""
+
+    def sums(kv):
+        b, c = kv
+        weights = np.ones(c.shape[1], np.int64) if col_mask_bc is None else col_mask_bc.value.astype(np.int64)
+        return b, np.asarray(c @ weights, dtype=np.int64)
+
+    out = np.zeros(n_items, dtype=np.int64)
+    for b, s in blocks.map(sums).collect():
+        out[offsets[b]:offsets[b + 1]] = s
+    return out
+
+
+def _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z: float, alpha: float,
+                transpose: bool):
+    """Rows of PPMI (or of PPMIᵀ) over kept items, from the cached C blocks."""
+
+    def build(kv):
+        b, c = kv
+        keep = keep_bc.value
+        lo, hi = int(offsets[b]), int(offsets[b + 1])
+        c = c[np.flatnonzero(keep[lo:hi])][:, np.flatnonzero(keep)].tocsr()
+        log_r = log_r_bc.value  # over kept items, in kept order
+        rows = int(kept_offsets[b]) + np.repeat(np.arange(c.shape[0]), np.diff(c.indptr))
+        row_w, col_w = (alpha, 1.0) if transpose else (1.0, alpha)
+        val = np.log(c.data.astype(np.float64)) - row_w * log_r[rows] - col_w * log_r[c.indices] + log_z
+        c = sp.csr_matrix((np.maximum(val, 0).astype(np.float32), c.indices, c.indptr), shape=c.shape)
+        c.eliminate_zeros()
+        return b, c
+
+    return c_blocks.map(build)
+
+
+def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_timeline: int = 200,
+              seed: int = 42, n_blocks: int | None = None) -> PMIResult:
+    """Distributed PPMI of the item co-occurrence of ``views`` (user_id, item_id[, ts])."""
+    import time
+
+    from pyspark.sql import functions as F
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    all_ids, all_counts = item_counts(views)
+    n_items = len(all_ids)
+    timings["item_index"] = time.perf_counter() - t0
+    if n_items == 0:
+        raise ValueError("no views")
+
+    t0 = time.perf_counter()
+    timelines = capped_timelines(spark, views, all_ids, max_timeline, seed).cache()
+    stats = timelines.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.sum("n").alias("pairs"),
+        F.sum((F.col("n") > max_timeline).cast("long")).alias("capped_users"),
+        F.max("n").alias("longest"),
+        F.sum(F.size("items").cast("long") * F.size("items")).alias("work"),
+    ).first().asDict()
+    if stats["capped_users"]:
+        log.warning("capped %d of %d timelines to the %d most recent items (longest had %d)",
+                    stats["capped_users"], stats["users"], max_timeline, stats["longest"])
+    timings["timelines"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sc = spark.sparkContext
+    if n_blocks is None:
+        n_blocks = max(int(spark.conf.get("spark.sql.shuffle.partitions")), math.ceil(n_items / 2500))
+    offsets = even_offsets(n_items, n_blocks)
+    c_blocks = cooccurrence_blocks(spark, timelines, offsets, n_items)
+    r = _row_sums(c_blocks, offsets, n_items)
+    timelines.unpersist()
+    nnz = int(c_blocks.map(lambda kv: kv[1].nnz).sum())
+    timings["cooccurrence"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    keep = r >= min_count
+    r_kept = _row_sums(c_blocks, offsets, n_items, sc.broadcast(keep)) * keep
+    keep &= r_kept > 0
+    if keep.sum() < 2:
+        c_blocks.unpersist()
+        raise ValueError(f"only {int(keep.sum())} items have at least min_count={min_count} co-occurrences")
+    r_kept = r_kept[keep].astype(np.float64)
+    log_r = np.log(r_kept)
+    log_z = float(np.log(np.sum(r_kept ** smoothing)))
+    keep_bc, log_r_bc = sc.broadcast(keep), sc.broadcast(log_r)
+    kept_offsets = np.concatenate([[0], np.cumsum([keep[offsets[b]:offsets[b + 1]].sum() for b in range(len(offsets) - 1)])])
+    rows = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=False).cache()
+    cols = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=True).cache()
+    pmi_nnz = int(rows.map(lambda kv: kv[1].nnz).sum())
+    cols.count()
+    c_blocks.unpersist()
+    timings["pmi"] = time.perf_counter() - t0
+
+    sizes = {
+        "users": int(stats["users"]), "items_in_input": n_items, "items": int(keep.sum()),
+        "dropped_items": int(n_items - keep.sum()), "views": int(all_counts.sum()),
+        "user_item_pairs": int(stats["pairs"] or 0), "capped_users": int(stats["capped_users"] or 0),
+        "max_timeline": max_timeline, "cooccurrence_work": int(stats["work"] or 0),
+        "cooccurrence_nnz": nnz, "pmi_nnz": pmi_nnz, "blocks": len(offsets) - 1,
+    }
+    matrix = BlockSparse(rows, cols, kept_offsets.astype(np.int64), kept_offsets.astype(np.int64))
+    return PMIResult(matrix, all_ids[keep], all_counts[keep], sizes, timings)

@@ -1,0 +1,161 @@
+"""Pre-training (PMI + randomized SVD in Spark) against scipy references, and the CLI."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from scipy.sparse.linalg import svds
+
+from models.pmi import build_pmi
+from models.pretrain import Embeddings, PretrainConfig, pretrain, pretrain_window
+from models.rsvd import distribute, randomized_svd
+
+
+def reference_pmi(views: pd.DataFrame, min_count: int, alpha: float):
+    """Textbook PPMI with context-distribution smoothing, straight from scipy (no timeline cap)."""
+    items = np.array(sorted(views["item_id"].unique()))
+    users = np.array(sorted(views["user_id"].unique()))
+    pairs = views[["user_id", "item_id"]].drop_duplicates()
+    x = sp.csr_matrix((np.ones(len(pairs)), (np.searchsorted(users, pairs["user_id"]),
+                                             np.searchsorted(items, pairs["item_id"]))),
+                      shape=(len(users), len(items)))
+    c = (x.T @ x).toarray()
+    np.fill_diagonal(c, 0)
+    keep = c.sum(axis=1) >= min_count
+    c = c[keep][:, keep]
+    r = c.sum(axis=1)
+    nonzero = r > 0
+    items, c, r = items[keep][nonzero], c[nonzero][:, nonzero], r[nonzero]
+    with np.errstate(divide="ignore"):
+        pmi = np.log(c) - np.log(r)[:, None] - alpha * np.log(r)[None, :] + np.log(np.sum(r ** alpha))
+    return items, np.maximum(pmi, 0)
+
+
+def random_views(seed: int, users: int = 70, items: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, items + 1)  # Zipf: the tail items are rare and get dropped
+    rows = []
+    for u in range(users):
+        n = rng.integers(1, 12)
+        for i in rng.choice(items, size=n, p=pop / pop.sum()):
+            rows.append((f"u{u:03d}", f"i{i:03d}", dt.datetime(2026, 1, 1) + dt.timedelta(minutes=len(rows))))
+    rows += [("u000", "i001", dt.datetime(2026, 1, 2))] * 3  # repeated views count once in a set
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts"])
+
+
+def test_pmi_equals_scipy_reference(spark):
+    views = random_views(3)
+    ref_items, ref = reference_pmi(views, min_count=5, alpha=0.75)
+    result = build_pmi(spark, spark.createDataFrame(views), min_count=5, smoothing=0.75, max_timeline=200,
+                       n_blocks=3)
+    got = result.matrix.to_scipy().toarray()
+    result.matrix.unpersist()
+    assert 0 < len(ref_items) < views["item_id"].nunique(), "fixture must drop some rare items"
+    assert list(result.item_ids) == list(ref_items)
+    assert result.sizes["dropped_items"] == views["item_id"].nunique() - len(ref_items)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    expected_counts = views.groupby("item_id").size().loc[ref_items].to_numpy()
+    np.testing.assert_array_equal(result.counts, expected_counts)
+
+
+def test_long_timelines_keep_the_most_recent_items(spark):
+    t = [dt.datetime(2026, 1, 1, h) for h in range(5)]
+    views = pd.DataFrame({"user_id": ["a"] * 5 + ["b", "b"],
+                          "item_id": ["i0", "i1", "i2", "i3", "i4", "i0", "i1"],
+                          "ts": t + t[:2]})
+    result = build_pmi(spark, spark.createDataFrame(views), min_count=1, max_timeline=3, n_blocks=2)
+    dense = result.matrix.to_scipy().toarray()
+    result.matrix.unpersist()
+    assert result.sizes["capped_users"] == 1
+    assert list(result.item_ids) == ["i0", "i1", "i2", "i3", "i4"]
+    # User a keeps i2, i3, i4 only: i0/i1 co-occur with each other (user b) and with nothing else.
+    assert dense[0, 1] > 0 and dense[:2, 2:].sum() == 0 and dense[2:, :2].sum() == 0
+    assert result.sizes["cooccurrence_work"] == 3 * 3 + 2 * 2
+
+
+def low_rank_plus_noise(m: int, n: int, rank: int, seed: int) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    left = sp.random(m, rank, density=0.3, random_state=rng) @ sp.diags(np.geomspace(10, 1, rank))
+    right = sp.random(rank, n, density=0.3, random_state=rng)
+    noise = sp.random(m, n, density=0.01, random_state=rng, data_rvs=rng.standard_normal) * 0.05
+    return (left @ right + noise).tocsr()
+
+
+@pytest.mark.parametrize("m,n,rank,k,seed", [(700, 500, 30, 20, 0), (400, 900, 15, 10, 1)])
+def test_randomized_svd_matches_svds(spark, m, n, rank, k, seed, capsys):
+    matrix = low_rank_plus_noise(m, n, rank, seed)
+    blocks = distribute(spark.sparkContext, matrix, 3)
+    got = randomized_svd(spark.sparkContext, blocks, k, oversampling=10, power_iters=2, seed=seed)
+    blocks.unpersist()
+    u_ref, s_ref, _ = svds(matrix.astype(np.float64), k=k)
+    order = np.argsort(-s_ref)
+    s_ref, u_ref = s_ref[order], u_ref[:, order]
+    rel = np.abs(got.s - s_ref) / s_ref
+    cosines = np.clip(np.linalg.svd(got.U.T @ u_ref, compute_uv=False), -1, 1)
+    angles = np.degrees(np.arccos(cosines))
+    with capsys.disabled():
+        print(f"\n[rsvd {m}x{n} k={k}] max rel err of singular values {rel.max():.2e}, "
+              f"principal angles (deg) max {angles.max():.3f} mean {angles.mean():.3f}")
+    assert rel.max() < 0.01
+    assert angles.max() < 1.0
+    np.testing.assert_allclose(got.U.T @ got.U, np.eye(k), atol=1e-5)
+
+
+def test_pretrain_window_on_synthetic_views(spark, small_world, tmp_path):
+    import pyarrow.compute as pc
+
+    from infra import events
+
+    cfg = PretrainConfig(dim=16, min_count=5, seed=1)
+    emb = pretrain_window(spark, small_world, "2026-01-08", 7, cfg)
+    assert emb.E.shape == (len(emb.item_ids), 16) and emb.E.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb.E, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.diff(emb.singular_values) <= 1e-9) and emb.singular_values[-1] > 0
+    assert 0 < emb.explained_variance <= 1
+    # Counts are the window's views per item, read independently with pyarrow.
+    table = events.read_window(small_world, "views", "2026-01-08", 7)
+    ids, n = np.unique(table.column("item_id").to_numpy(zero_copy_only=False).astype(str), return_counts=True)
+    lookup = dict(zip(ids, n))
+    assert [lookup[i] for i in emb.item_ids] == emb.counts.tolist()
+    assert emb.sizes["views"] == table.num_rows and emb.sizes["users"] == len(pc.unique(table.column("user_id")))
+    # Items that co-occur in sessions must be closer than random pairs.
+    sims = emb.E @ emb.E.T
+    assert np.mean(np.max(sims - np.eye(len(sims)) * 2, axis=1)) > 0.5
+    emb.save(tmp_path / "out")
+    back = Embeddings.load(tmp_path / "out")
+    np.testing.assert_array_equal(back.E, emb.E)
+    assert list(back.item_ids) == list(emb.item_ids) and back.sizes["items"] == emb.sizes["items"]
+
+
+def test_pretrain_rejects_too_few_items(spark):
+    views = spark.createDataFrame(pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["x", "y", "x"]}))
+    with pytest.raises(ValueError, match="items"):
+        pretrain(spark, views, PretrainConfig(dim=8, min_count=1))
+
+
+def test_cli_pretrain(led, small_world, tmp_path, spark):
+    out = tmp_path / "emb"
+    code, result, _, err = led("pretrain", "--events", small_world, "--date", "2026-01-11", "--window", "10",
+                               "--dim", "8", "--out", out)
+    assert code == 0, err
+    assert result["dim"] == 8 and result["items"] > 8 and 0 < result["explained_variance"] <= 1
+    assert result["seconds"] > 0
+    emb = Embeddings.load(out)
+    assert emb.E.shape == (result["items"], 8)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    # User mistakes: exit 2 with one line on stderr, nothing written.
+    code, _, _, err = led("pretrain", "--events", small_world, "--date", "2026-01-11", "--window", "10",
+                          "--dim", "8", "--out", out)
+    assert code == 2 and "not empty" in err
+    code, _, _, err = led("pretrain", "--events", tmp_path / "nowhere", "--date", "2026-01-11", "--out",
+                          tmp_path / "x")
+    assert code == 2 and "not found" in err
+    code, _, _, err = led("pretrain", "--events", small_world, "--date", "2025-01-01", "--window", "3",
+                          "--out", tmp_path / "y")
+    assert code == 2 and "no views" in err and not (tmp_path / "y").exists()
+    code, _, _, err = led("pretrain", "--events", small_world, "--date", "2026-01-11", "--dim", "100000",
+                          "--out", tmp_path / "z")
+    assert code == 2 and "items" in err and not (tmp_path / "z").exists()
