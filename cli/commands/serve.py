@@ -1,0 +1,50 @@
+"""``led serve``: the recommendation HTTP service (see serving/app.py)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serve recommendations over HTTP, following the live blue/green slot",
+        description="POST /recommend {\"items\": [...], \"k\": 10}; GET /healthz, /readyz, /model, /metrics. "
+        "Polls ACTIVE every serve_poll_seconds, downloads and verifies the new slot into a local cache and swaps "
+        "atomically. Imports numpy, annoy and boto3 only. Prints one JSON line when listening.")
+    p.add_argument("--port", type=int, default=None, help="default settings.serve_port (0 = any free port)")
+    p.add_argument("--host", default=None, help="default settings.serve_host")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the listening socket")
+    p.add_argument("--http", choices=("asyncio", "stdlib"), default="asyncio",
+                   help="transport: asyncio HTTP/1.1 (default, faster) or stdlib ThreadingHTTPServer")
+    p.add_argument("--model", type=Path, default=None,
+                   help="serve this exported model folder directly (no S3; for development and benchmarks)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default WORK_DIR/serving-cache")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    # Per-request math is one small mat-vec: BLAS threads only add contention. Must precede numpy's import.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from infra.errors import UserError
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    updates = {k: v for k, v in (("serve_port", args.port), ("serve_host", args.host)) if v is not None}
+    if updates:
+        settings = settings.model_copy(update=updates)
+    if args.workers < 1:
+        raise UserError("--workers must be >= 1")
+    if args.model is not None and not args.model.is_dir():
+        raise UserError(f"--model {args.model}: no such folder")
+
+    from serving.app import run_server
+
+    cache_dir = (args.cache_dir or settings.work_dir / "serving-cache").resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return run_server(settings, settings.serve_port, cache_dir, args.model, args.workers, args.http)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {settings.serve_host}:{settings.serve_port}: {exc}") from None
+    except ValueError as exc:  # --model folder is not a valid export
+        raise UserError(str(exc)) from None
