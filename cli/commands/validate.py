@@ -1,0 +1,90 @@
+"""``led validate``: the data validation gate on one window of the event store."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Validate the window [DATE-W, DATE) of an event store with the Great Expectations
+suites of data_checks/ (per-day schema, ids, timestamps, duplicates, volume against
+the trailing 7-day median, new items, clicks on never-viewed items).
+
+Exit codes:
+  0  every check passed
+  1  the data failed: a table of failed checks is printed, then the JSON line
+  2  unusable arguments: the store does not exist or is not an event store, the date
+     is not YYYY-MM-DD, the window is < 1 day, or no views/clicks partition exists in
+     the window at all (a wrong date, not bad data). An existing but empty partition,
+     or a missing day inside a store that has data, is a data failure (exit 1).
+
+Volume, empty-day and new-item checks apply to a day only when it has >= 3 trailing
+days whose median of daily active users is >= volume_min_active_users (settings); on
+smaller traffic a single user swings daily volume several-fold. Thresholds: `led config`.
+
+The last stdout line is JSON: success, failed_expectations, report_path (GX Data Docs)."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="validate a window of the event store (Great Expectations)",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", metavar="DIR", help="event store (default: settings events_dir)")
+    p.add_argument("--date", required=True, metavar="D", help="run date D (YYYY-MM-DD); days before D are checked")
+    p.add_argument("--window", type=int, metavar="W", help="window length in days (default: settings window_days)")
+    p.add_argument("--report-dir", metavar="DIR",
+                   help="folder for the report (Data Docs + result.json under DIR/validation/); "
+                        "default: WORK_DIR/reports/validate-D")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from cli.common import emit, log
+    from data_checks.runner import validate_window
+    from infra.events import parse_date
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    day = parse_date(args.date)
+    events = Path(args.events) if args.events else settings.events_dir
+    report_dir = Path(args.report_dir) if args.report_dir else settings.work_dir / "reports" / f"validate-{day}"
+    log(f"[validate] {events} window of {args.window or settings.window_days} days before {day}")
+    result = validate_window(events, day, args.window, settings=settings, report_dir=report_dir)
+    if not result.success:
+        print(failure_table(result))
+    log(f"[validate] {'passed' if result.success else 'FAILED'}: {len(result.checks)} checks, "
+        f"{len(result.failed)} failed, {result.seconds:.1f}s; report {result.report_path}")
+    emit({
+        "success": result.success,
+        "failed_expectations": result.failed_checks,
+        "report_path": result.report_path,
+        "run_date": result.run_date,
+        "window": result.window,
+        "checks": len(result.checks),
+        "failed": [{"check": c.check, "kind": c.kind, "column": c.column, "days": c.days,
+                    "unexpected_count": c.unexpected_count} for c in result.failed],
+        "seconds": result.seconds,
+    })
+    return 0 if result.success else 1
+
+
+def failure_table(result, width: int = 60) -> str:
+    """Failed checks as a fixed-width table (one line each)."""
+    header = ("check", "kind", "column", "days", "unexpected", "examples")
+    rows = []
+    for c in result.failed:
+        days = ",".join(c.days[:3]) + ("..." if len(c.days) > 3 else "")
+        example = c.error or "; ".join(_short(e) for e in c.examples[:3])
+        rows.append((c.check, c.kind or "-", c.column or "-", days or "-",
+                     "-" if c.unexpected_count is None else str(c.unexpected_count), example[:width]))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"FAILED {len(rows)} of {len(result.checks)} checks (window {result.window[0]} to {result.window[1]}):",
+             "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _short(example) -> str:
+    if isinstance(example, dict):
+        return " ".join(f"{k}={v}" for k, v in example.items())
+    return str(example)

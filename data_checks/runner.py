@@ -1,0 +1,318 @@
+"""The validation gate: ``validate_window`` checks the window [D-W, D) of an event store.
+
+Plain function, no Prefect, so the daily flow's task and ``led validate`` call
+the same code. Steps:
+
+1. read every partition of the window (plus 7 days of history) with pyarrow;
+   an unreadable parquet file is a ``partition_readable`` failure;
+2. schema suite per kind, once per distinct partition schema, on a small
+   sample (a parquet column has a single type); partitions that fail are left
+   out of the row checks, so one bad day does not hide the others' results;
+3. rows suite per kind over all the window's valid events at once (a few GX
+   runs per window instead of one per day keeps the fixed GX cost ~1 s);
+4. window suite over the per-day statistics of ``data_checks.stats``.
+
+Great Expectations runs on pandas: a day's partition fits in memory on one
+machine, the checks are vectorised, and a Spark session would cost ~10 s to
+start before checking anything (see benchmarks/README.md). An ephemeral GX
+context is built per call (a few ms), so results of earlier calls never leak
+into this report; Data Docs are written to ``REPORT_DIR/validation/`` through
+a staging folder renamed into place.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from data_checks import stats, suites
+from infra import events
+from infra.errors import UserError
+
+SCHEMA_SAMPLE_ROWS = 1000
+MAX_EXAMPLES = 5
+REPORT_SUBDIR = "validation"
+
+
+@dataclass
+class CheckResult:
+    """One expectation's outcome (GX result, flattened to JSON-ready values)."""
+
+    check: str                  # stable name, see data_checks.suites
+    expectation: str            # GX expectation type
+    suite: str
+    kind: str | None            # views / clicks / None (window-level)
+    column: str | None
+    success: bool
+    unexpected_count: int | None = None
+    element_count: int | None = None
+    observed_value: Any = None
+    days: list[str] = field(default_factory=list)
+    examples: list[Any] = field(default_factory=list)
+    notes: str = ""
+    error: str | None = None
+
+
+@dataclass
+class ValidationResult:
+    success: bool
+    run_date: str
+    window: list[str]           # [first day, last day] validated
+    checks: list[CheckResult]
+    days: list[dict]            # per (kind, day) statistics (the window suite's input)
+    suite_version: int = suites.SUITE_VERSION
+    report_path: str | None = None
+    seconds: float | None = None
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.success]
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return sorted({c.check for c in self.failed})
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["failed"] = [asdict(c) for c in self.failed]
+        out["failed_checks"] = self.failed_checks
+        return out
+
+
+def validate_window(events_dir: str | Path, run_date: str | dt.date, window_days: int | None = None,
+                    settings=None, report_dir: str | Path | None = None, *,
+                    now: dt.datetime | None = None) -> ValidationResult:
+    """Validate the days [run_date - window_days, run_date) of the event store ``events_dir``.
+
+    Raises ``UserError`` when the arguments cannot be validated at all (no
+    store, bad date or window, no partition of either kind in the window).
+    Data problems never raise: they are failed checks in the result.
+    """
+    import time
+
+    from infra.settings import get_settings
+
+    started = time.monotonic()
+    settings = settings or get_settings()
+    window_days = settings.window_days if window_days is None else int(window_days)
+    root = events.require_event_store(Path(events_dir))
+    day = events.parse_date(run_date)
+    dates = events.window_dates(day, window_days)
+    now = pd.Timestamp(now or dt.datetime.now(dt.timezone.utc))
+    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+
+    parts = {kind: stats.load_kind(root, kind, day, window_days) for kind in suites.KINDS}
+    _require_data(root, parts, dates)
+
+    gate = _GxGate(settings)
+    checks: list[CheckResult] = []
+    for kind in suites.KINDS:
+        window_parts = [p for p in parts[kind] if p.in_window]
+        checks += _schema_checks(gate, kind, window_parts)
+        for p in parts[kind]:
+            if not p.in_window and p.raw is not None:
+                _accept_history(p)
+        checks += _row_checks(gate, kind, window_parts, now)
+    summary = stats.day_summary(parts, settings.volume_min_active_users)
+    checks += gate.run(suites.suite_name("window"), summary, index_columns=["kind", "date"])
+
+    result = ValidationResult(
+        success=all(c.success for c in checks), run_date=day.isoformat(),
+        window=[dates[0].isoformat(), dates[-1].isoformat()], checks=checks,
+        days=[{k: _jsonable(v) for k, v in row.items()} for row in summary.to_dict("records")],
+    )
+    if report_dir is not None:
+        result.report_path = str(_write_report(gate, result, Path(report_dir)))
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+# --- steps ----------------------------------------------------------------------
+
+
+def _require_data(root: Path, parts: dict, dates: list[dt.date]) -> None:
+    if any(p.in_window and p.status != stats.MISSING for plist in parts.values() for p in plist):
+        return
+    span = events.list_days(root, "views") or events.list_days(root, "clicks")
+    have = f"it has days {span[0]} to {span[-1]}" if span else "it has no day partitions"
+    raise UserError(f"no views or clicks partition in the window {dates[0]} to {dates[-1]} of {root} ({have})")
+
+
+def _schema_checks(gate: "_GxGate", kind: str, window_parts: list) -> list[CheckResult]:
+    """Run the schema suite once per distinct schema; failing partitions are excluded from row checks."""
+    out = []
+    groups: dict[str, list] = {}
+    for p in window_parts:
+        if p.read_error:
+            out.append(CheckResult(check=suites.PARTITION_READABLE, expectation="read_parquet",
+                                   suite=suites.suite_name("schema", kind), kind=kind, column=None,
+                                   success=False, days=[p.day.isoformat()], error=p.read_error,
+                                   notes="the partition's parquet files could not be read"))
+        elif p.raw is not None:
+            groups.setdefault(str(p.raw.schema), []).append(p)
+    for group in groups.values():
+        sample = group[0].raw.slice(0, SCHEMA_SAMPLE_ROWS).to_pandas()
+        results = gate.run(suites.suite_name("schema", kind), sample, kind=kind)
+        day_names = [p.day.isoformat() for p in group]
+        for r in results:
+            r.days = day_names if not r.success else []
+            r.unexpected_count = len(group) if not r.success else 0  # partitions, not rows
+        out += results
+        if all(r.success for r in results):
+            for p in group:
+                if not stats.canonicalize(p):
+                    out.append(CheckResult(check=suites.COLUMN_TYPES_CHECK, expectation="cast_to_store_schema",
+                                           suite=suites.suite_name("schema", kind), kind=kind, column=None,
+                                           success=False, days=[p.day.isoformat()], error=p.read_error))
+    return out
+
+
+def _accept_history(p) -> None:
+    """History days are not validated again; they feed statistics when their schema is usable."""
+    cols = set(p.raw.column_names)
+    if set(stats.CANONICAL.names) <= cols:
+        stats.canonicalize(p)
+
+
+def _row_checks(gate: "_GxGate", kind: str, window_parts: list, now: pd.Timestamp) -> list[CheckResult]:
+    tables = [stats.with_day_columns(p) for p in window_parts if p.status == stats.OK]
+    if tables:
+        frame = pa.concat_tables(tables).to_pandas()
+    else:
+        frame = pd.DataFrame({c: pd.Series(dtype="object") for c in ("user_id", "item_id", "date")}
+                             | {c: pd.Series(dtype="datetime64[us, UTC]") for c in ("ts", "day_start", "next_day")})
+    return gate.run(suites.suite_name("rows", kind), frame, kind=kind, index_columns=["date"],
+                    parameters={"now": now})
+
+
+# --- Great Expectations -----------------------------------------------------------------
+
+
+class _GxGate:
+    """An ephemeral GX context holding the suites, one validation definition and checkpoint each."""
+
+    SITE = "led_validation"
+
+    def __init__(self, settings):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        self.gx = gx
+        self.ctx = gx.get_context(mode="ephemeral")
+        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # no tqdm per run
+        self.source = self.ctx.data_sources.add_pandas("led_events")
+        self.suites = {s.name: self.ctx.suites.add(s) for s in suites.all_suites(settings)}
+        self._checkpoints: dict[tuple, Any] = {}
+
+    def _checkpoint(self, suite_name: str, index_columns: list[str]):
+        key = (suite_name, tuple(index_columns))
+        if key not in self._checkpoints:
+            gx = self.gx
+            batch = self.source.add_dataframe_asset(suite_name).add_batch_definition_whole_dataframe("frame")
+            vd = self.ctx.validation_definitions.add(
+                gx.ValidationDefinition(name=f"{suite_name}_vd", data=batch, suite=self.suites[suite_name]))
+            fmt = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
+            if index_columns:
+                fmt["unexpected_index_column_names"] = index_columns
+            self._checkpoints[key] = self.ctx.checkpoints.add(gx.Checkpoint(
+                name=f"{suite_name}_checkpoint", validation_definitions=[vd], actions=[], result_format=fmt))
+        return self._checkpoints[key]
+
+    def run(self, suite_name: str, frame: pd.DataFrame, kind: str | None = None,
+            index_columns: list[str] | None = None, parameters: dict | None = None) -> list[CheckResult]:
+        cp = self._checkpoint(suite_name, index_columns or [])
+        res = cp.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {})
+        out = []
+        for vr in res.run_results.values():
+            out += [_to_check(r, suite_name, kind, index_columns or []) for r in vr.results]
+        return out
+
+    def build_docs(self, folder: Path) -> Path:
+        self.ctx.add_data_docs_site(site_name=self.SITE, site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": f"{folder}/"},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        self.ctx.build_data_docs(site_names=[self.SITE])
+        return folder / "index.html"
+
+
+def _to_check(r, suite_name: str, kind: str | None, index_columns: list[str]) -> CheckResult:
+    cfg = r.expectation_config
+    kw = cfg.kwargs
+    column = kw.get("column") or (",".join(kw["column_list"]) if "column_list" in kw else None) \
+        or (f"{kw['column_A']},{kw['column_B']}" if "column_A" in kw else None)
+    res = r.result or {}
+    indexed = res.get("partial_unexpected_index_list") or []
+    examples = [_jsonable(e) for e in (indexed or res.get("partial_unexpected_list") or [])][:MAX_EXAMPLES]
+    days = sorted({e["date"] for e in indexed if isinstance(e, dict) and "date" in e})
+    error = None
+    if r.exception_info and r.exception_info.get("raised_exception"):
+        error = r.exception_info.get("exception_message")
+    return CheckResult(
+        check=(cfg.meta or {}).get("check", cfg.type), expectation=cfg.type, suite=suite_name,
+        kind=kind or (examples[0].get("kind") if examples and isinstance(examples[0], dict) else None),
+        column=column, success=bool(r.success), unexpected_count=_int(res.get("unexpected_count")),
+        element_count=_int(res.get("element_count")), observed_value=_jsonable(res.get("observed_value")),
+        days=days, examples=examples, notes=(cfg.meta or {}).get("notes", ""), error=error,
+    )
+
+
+# --- report -----------------------------------------------------------------------
+
+
+def _write_report(gate: _GxGate, result: ValidationResult, report_dir: Path) -> Path:
+    """Data Docs + result.json into REPORT_DIR/validation/, via a staging folder renamed into place."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    final = report_dir / REPORT_SUBDIR
+    staging = report_dir / f".tmp-{REPORT_SUBDIR}-{uuid.uuid4().hex[:8]}"
+    try:
+        index = gate.build_docs(staging)
+        result.report_path = str(final / index.name)
+        (staging / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        if final.exists():
+            old = report_dir / f".old-{REPORT_SUBDIR}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final / index.name
+
+
+def _int(v) -> int | None:
+    return None if v is None else int(v)
+
+
+def _jsonable(v: Any) -> Any:
+    """Timestamps, numpy scalars, tuples and NaN from GX results as plain JSON values."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (pd.Timestamp, dt.datetime, dt.date)):
+        return v.isoformat()
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        try:
+            v = v.item()
+        except (ValueError, AttributeError):
+            return str(v)
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if v is pd.NaT:
+        return None
+    return v
