@@ -258,7 +258,7 @@ class Poller(threading.Thread):
             return False
         self.service.active = active.to_json()
         current = self.service.model
-        if current is not None and current.manifest_sha256 == active.manifest_sha256:
+        if current is not None and (current.slot, current.manifest_sha256) == (active.slot, active.manifest_sha256):
             self.etag = active.etag  # e.g. a rollback-and-forward to the version we serve
             return False
         try:
@@ -324,9 +324,10 @@ class HttpProtocol(asyncio.Protocol):
     def _handle_one(self) -> bool:
         """Answer one complete request from the buffer; False when more bytes are needed."""
         end = self.buffer.find(b"\r\n\r\n")
+        if end > MAX_HEADER_BYTES or (end < 0 and len(self.buffer) > MAX_HEADER_BYTES):
+            self._fail(431, "request headers too large")
+            return False
         if end < 0:
-            if len(self.buffer) > MAX_HEADER_BYTES:
-                self._fail(431, "request headers too large")
             return False
         try:
             method, path, version, headers = _parse_head(bytes(self.buffer[:end]))
