@@ -40,15 +40,18 @@ def run(args) -> int:
 
     from cli.common import emit, log
     from data_checks.runner import validate_window
-    from infra.events import parse_date
+    from infra.events import parse_date, require_event_store, window_dates
     from infra.settings import get_settings
 
     settings = get_settings()
     day = parse_date(args.date)
     events = Path(args.events) if args.events else settings.events_dir
     report_dir = Path(args.report_dir) if args.report_dir else settings.work_dir / "reports" / f"validate-{day}"
-    log(f"[validate] {events} window of {args.window or settings.window_days} days before {day}")
-    result = validate_window(events, day, args.window, settings=settings, report_dir=report_dir)
+    require_event_store(events)
+    window = settings.window_days if args.window is None else args.window
+    window_dates(day, window)  # rejects a window < 1 before any work
+    log(f"[validate] {events}: window of {window} days before {day}")
+    result = validate_window(events, day, window, settings=settings, report_dir=report_dir)
     if not result.success:
         print(failure_table(result))
     log(f"[validate] {'passed' if result.success else 'FAILED'}: {len(result.checks)} checks, "
