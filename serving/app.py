@@ -308,6 +308,7 @@ class HttpProtocol(asyncio.Protocol):
         self.service = service
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.sent_continue = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -349,7 +350,11 @@ class HttpProtocol(asyncio.Protocol):
             return False
         total = end + 4 + length
         if len(self.buffer) < total:
+            if headers.get("expect", "").lower() == "100-continue" and not self.sent_continue:
+                self.sent_continue = True  # curl waits ~1 s for this before sending bodies > 1 KiB
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return False
+        self.sent_continue = False
         body = bytes(self.buffer[end + 4:total])
         del self.buffer[:total]
         connection = headers.get("connection", "").lower()
@@ -412,8 +417,14 @@ def run_stdlib(service: Service, sock: socket.socket) -> None:
         protocol_version = "HTTP/1.1"
 
         def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > service.limits.max_body_bytes:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                status, ctype, payload = 400, JSON, _json({"error": "bad Content-Length"})
+                self.close_connection = True
+            elif length > service.limits.max_body_bytes:
                 status, ctype, payload = 413, JSON, _json({"error": "body too large"})
                 self.close_connection = True
             else:

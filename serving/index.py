@@ -174,12 +174,18 @@ def sample_timelines(V: np.ndarray, counts: np.ndarray, n: int = 300, seed: int 
     return out
 
 
-def measure_recall(ann: Recommender, exact: Recommender, timelines: Sequence[Sequence[str]],
+def exact_answers(exact: Recommender, timelines: Sequence[Sequence[str]], k: int = RECALL_K) -> list:
+    """Exact top-k per timeline, computed once and shared by every candidate index."""
+    return [(timeline, exact.recommend(timeline, k)) for timeline in timelines]
+
+
+def measure_recall(ann: Recommender, exact: Recommender | list, timelines: Sequence[Sequence[str]] = (),
                    k: int = RECALL_K) -> dict:
-    """Mean recall@k of the ANN recommender against exact scoring, plus query latency."""
+    """Mean recall@k of the ANN recommender against exact scoring (a ``Recommender`` or the
+    precomputed ``exact_answers``), plus query latency."""
+    answers = exact if isinstance(exact, list) else exact_answers(exact, timelines, k)
     recalls, latencies = [], []
-    for timeline in timelines:
-        truth = exact.recommend(timeline, k)
+    for timeline, truth in answers:
         if truth.fallback or not truth.ids:
             continue  # popularity answers are identical by construction
         start = time.perf_counter()
@@ -210,7 +216,7 @@ def build_and_measure(model, out_dir: Path, n_trees: int, search_k: int, min_rec
     V = np.ascontiguousarray(model.V, dtype=np.float32)
     b = np.asarray(model.b, dtype=np.float32)
     timelines, source = _eval_timelines(model, V, max_timelines, seed)
-    exact = Recommender(model.item_ids, V, b, model.counts)
+    exact = exact_answers(Recommender(model.item_ids, V, b, model.counts), timelines)
     base = float(np.median(np.linalg.norm(V, axis=1))) or 1.0
     tried, best = [], None
     for mult in SCALE_MULTIPLIERS:

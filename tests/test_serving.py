@@ -276,6 +276,12 @@ def test_http_protocol_abuse_gets_4xx_and_server_survives(server):
         while chunk := sock.recv(65536):
             data += chunk
     assert data.count(b"HTTP/1.1 200 OK") == 4
+    # Expect: 100-continue (curl's default for bodies > 1 KiB) gets an interim 100, then the answer.
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as sock:
+        sock.sendall(b"POST /recommend HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
     assert _get(server, "/readyz")[0] == 200
 
 
