@@ -1,0 +1,380 @@
+"""Training examples and evaluation splits for LED and its baselines.
+
+Everything here is numpy/pyarrow only (no TensorFlow, no Spark), so the
+baselines, the gate and the benchmarks share one definition of "the data".
+
+Representation
+--------------
+Per-user item lists are stored as CSR (:class:`Lists`: ``indptr`` + ``items``,
+item indices into a fixed catalog). A user's *timeline* holds every item the
+user viewed or clicked (deduplicated, oldest first); the *clicks* hold the
+clicked items. For single-feedback data sets (the Mult-VAE table: only the
+positives are used) timeline and clicks are the same lists.
+
+Training examples (:func:`epoch_examples`)
+------------------------------------------
+deepr's per-epoch random split, generalised to two kinds of feedback: each
+epoch, every user's clicked items are shuffled and a share ``target_ratio``
+(at least one) becomes the targets; the inputs are the timeline items that are
+not targets. Removing the targets' views from the inputs matters: serving
+never recommends what is already in the timeline, so the model must not learn
+to predict its own inputs.
+
+Evaluation protocols
+--------------------
+- :func:`heldout_split`, Mult-VAE strong generalisation (Liang et al. 2018):
+  users are split into train / validation / test; validation and test users
+  never train; each of their positives is split 80/20 into fold-in (the
+  input, excluded from the ranking) and targets.
+- :func:`temporal_split`, for the daily run: targets are the clicks on the last
+  day of the window, inputs are each user's earlier timeline; training uses
+  only the earlier days, so nothing from the evaluation day leaks into E, P or
+  b.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from infra import events
+from infra.errors import UserError
+
+
+# --------------------------------------------------------------------------- CSR lists
+@dataclass
+class Lists:
+    """Variable-length item lists (one per user) in CSR form."""
+
+    indptr: np.ndarray  # int64 (n+1,)
+    items: np.ndarray  # int32 (nnz,)
+
+    @classmethod
+    def from_lists(cls, rows: Iterable[Sequence[int]]) -> "Lists":
+        rows = [np.asarray(r, dtype=np.int32) for r in rows]
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        items = np.concatenate(rows).astype(np.int32) if rows and indptr[-1] else np.zeros(0, np.int32)
+        return cls(indptr, items)
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def row(self, i: int) -> np.ndarray:
+        return self.items[self.indptr[i]:self.indptr[i + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def rows(self) -> list[np.ndarray]:
+        return [self.row(i) for i in range(len(self))]
+
+    def take(self, idx: Sequence[int]) -> "Lists":
+        return Lists.from_lists(self.row(int(i)) for i in idx)
+
+    def to_dense(self, n_items: int, dtype=np.float32) -> np.ndarray:
+        """Binary user × item matrix (small catalogs and baselines only)."""
+        out = np.zeros((len(self), n_items), dtype=dtype)
+        rows = np.repeat(np.arange(len(self)), self.lengths())
+        out[rows, self.items] = 1
+        return out
+
+
+@dataclass
+class UserData:
+    """Training users: timelines (inputs, views and clicks) and clicks (targets)."""
+
+    user_ids: np.ndarray
+    timelines: Lists
+    clicks: Lists
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+@dataclass
+class EvalSet:
+    """Evaluation users: inputs (fold-in, excluded from rankings) and target sets."""
+
+    user_ids: np.ndarray
+    inputs: Lists
+    targets: Lists
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def target_sets(self) -> list[set]:
+        return [set(r.tolist()) for r in self.targets.rows()]
+
+    def head(self, n: int) -> "EvalSet":
+        n = min(n, len(self))
+        return EvalSet(self.user_ids[:n], self.inputs.take(range(n)), self.targets.take(range(n)))
+
+
+@dataclass
+class HeldoutSplit:
+    """Mult-VAE protocol: catalog, training users, validation and test users."""
+
+    item_ids: np.ndarray
+    train: UserData
+    valid: EvalSet
+    test: EvalSet
+    train_counts: np.ndarray  # clicks per catalog item among training users
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class TemporalSplit:
+    """Daily protocol: train on days before the last one, evaluate on the last day's clicks."""
+
+    item_ids: np.ndarray
+    train: UserData
+    test: EvalSet
+    eval_date: dt.date
+    info: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- events → lists
+def load_events(root: Path, days: Sequence[dt.date] | None = None) -> tuple[pa.Table, pa.Table]:
+    """Views and clicks (user_id, item_id, ts, date) of the given days (default: every day)."""
+    root = events.require_event_store(Path(root))
+    if days is None:
+        days = sorted(set(events.list_days(root, "views")) | set(events.list_days(root, "clicks")))
+    if not days:
+        raise UserError(f"the event store has no days: {root}")
+    out = []
+    for kind in events.KINDS:
+        tables = []
+        for day in days:
+            t = events.read_day(root, kind, day)
+            tables.append(t.append_column("date", pa.array([day] * t.num_rows, pa.date32())))
+        out.append(pa.concat_tables(tables))
+    return out[0], out[1]
+
+
+def group_items(table: pa.Table, index: dict[str, int] | None = None,
+                users: Sequence[str] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per user, the distinct item indices in time order (first occurrence); unknown items dropped.
+
+    With ``index=None`` the raw item id strings are returned instead of indices.
+    """
+    if table.num_rows == 0:
+        ids = np.asarray(users if users is not None else [], dtype=str)
+        return ids, [np.zeros(0, np.int32) for _ in ids]
+    table = table.sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    user = table.column("user_id").to_numpy(zero_copy_only=False).astype(str)
+    item = table.column("item_id").to_numpy(zero_copy_only=False).astype(str)
+    if index is not None:
+        idx = np.fromiter((index.get(i, -1) for i in item), dtype=np.int64, count=len(item))
+        known = idx >= 0
+        user, item = user[known], idx[known].astype(np.int32)
+    uniq, starts = np.unique(user, return_index=True)
+    bounds = list(starts) + [len(user)]
+    per_user = {}
+    for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
+        row = item[s:e]
+        _, first = np.unique(row, return_index=True)
+        per_user[u] = row[np.sort(first)]
+    ids = np.asarray(users if users is not None else uniq, dtype=str)
+    empty = np.zeros(0, np.int32) if index is not None else np.zeros(0, dtype=str)
+    return ids, [per_user.get(u, empty) for u in ids]
+
+
+def _merge_timeline(views: np.ndarray, clicks: np.ndarray, cap: int | None) -> np.ndarray:
+    seq = np.concatenate([views, clicks])
+    _, first = np.unique(seq, return_index=True)
+    row = seq[np.sort(first)]
+    return row[-cap:] if cap else row
+
+
+# --------------------------------------------------------------------------- training examples
+def epoch_examples(data: UserData, target_ratio: float, keep_prob: float,
+                   rng: np.random.Generator) -> tuple[Lists, Lists]:
+    """One epoch of (inputs, targets): random click targets, remaining timeline as inputs, masked.
+
+    Users whose inputs or targets would be empty are skipped. Masking drops each
+    input with probability ``1 - keep_prob`` (no rescaling, as in deepr) but
+    always keeps at least one input.
+    """
+    inputs, targets = [], []
+    for u in range(len(data)):
+        clicks = data.clicks.row(u)
+        if len(clicks) == 0:
+            continue
+        n_targets = max(1, int(round(target_ratio * len(clicks))))
+        chosen = rng.permutation(clicks)[:n_targets]
+        timeline = data.timelines.row(u)
+        rest = timeline[~np.isin(timeline, chosen)]
+        if len(rest) == 0:
+            continue
+        if keep_prob < 1.0:
+            keep = rng.random(len(rest)) < keep_prob
+            if not keep.any():
+                keep[rng.integers(len(rest))] = True
+            rest = rest[keep]
+        inputs.append(rest)
+        targets.append(np.sort(chosen))
+    order = rng.permutation(len(inputs))
+    return Lists.from_lists(inputs[i] for i in order), Lists.from_lists(targets[i] for i in order)
+
+
+def fold_in_split(positives: Sequence[np.ndarray], rng: np.random.Generator,
+                  target_share: float = 0.2) -> tuple[Lists, Lists]:
+    """Per user, a random ``1 - target_share`` of positives as fold-in, the rest as targets (>= 1 each)."""
+    fold, target = [], []
+    for row in positives:
+        row = rng.permutation(np.asarray(row, dtype=np.int32))
+        n_t = min(len(row) - 1, max(1, int(round(target_share * len(row)))))
+        fold.append(np.sort(row[n_t:]))
+        target.append(np.sort(row[:n_t]))
+    return Lists.from_lists(fold), Lists.from_lists(target)
+
+
+# --------------------------------------------------------------------------- protocols
+def heldout_split(views: pa.Table, clicks: pa.Table, seed: int, *, test_share: float = 0.2,
+                  valid_share: float = 0.1, min_positives: int = 5, target_share: float = 0.2,
+                  with_views: bool = False, max_timeline: int | None = None) -> HeldoutSplit:
+    """Mult-VAE strong generalisation on clicks (the positives).
+
+    Users with at least ``min_positives`` distinct clicked items are shuffled by
+    ``seed`` and split into train / validation / test. The catalog is the set
+    of items clicked by training users (items never seen in training cannot be
+    ranked by any model). Training timelines are the clicks, or views+clicks
+    with ``with_views``; held-out users only ever use clicks (fold-in/targets).
+    """
+    user_ids, click_rows = group_items(clicks)
+    keep = np.array([len(r) >= min_positives for r in click_rows], dtype=bool)
+    user_ids = user_ids[keep]
+    click_rows = [r for r, k in zip(click_rows, keep) if k]
+    n = len(user_ids)
+    n_test, n_valid = int(round(test_share * n)), int(round(valid_share * n))
+    if n - n_test - n_valid < 2 or n_test < 1 or n_valid < 1:
+        raise UserError(f"too few users with >= {min_positives} clicks for a held-out split: {n}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    test_u, valid_u, train_u = perm[:n_test], perm[n_test:n_test + n_valid], perm[n_test + n_valid:]
+
+    catalog = np.unique(np.concatenate([click_rows[i] for i in train_u]))
+    index = {item: i for i, item in enumerate(catalog)}
+
+    def to_idx(row):
+        return np.array([index[i] for i in row if i in index], dtype=np.int32)
+
+    train_clicks = [to_idx(click_rows[i]) for i in train_u]
+    if with_views:
+        train_ids = user_ids[train_u]
+        _, view_rows = group_items(views, index, users=train_ids)
+        timelines = [_merge_timeline(v, c, max_timeline) for v, c in zip(view_rows, train_clicks)]
+    else:
+        timelines = train_clicks
+    train = UserData(user_ids[train_u], Lists.from_lists(timelines), Lists.from_lists(train_clicks))
+    counts = np.bincount(train.clicks.items, minlength=len(catalog)).astype(np.int64)
+
+    def held(users: np.ndarray) -> EvalSet:
+        rows = [to_idx(click_rows[i]) for i in users]
+        users = np.array([u for u, r in zip(users, rows) if len(r) >= 2], dtype=np.int64)
+        rows = [r for r in rows if len(r) >= 2]
+        fold, target = fold_in_split(rows, rng, target_share)
+        return EvalSet(user_ids[users], fold, target)
+
+    valid, test = held(valid_u), held(test_u)
+    info = {"users": n, "train_users": len(train), "valid_users": len(valid), "test_users": len(test),
+            "items": len(catalog), "train_clicks": int(train.clicks.items.size), "seed": seed}
+    return HeldoutSplit(catalog, train, valid, test, counts, info)
+
+
+def build_user_data(views: pa.Table, clicks: pa.Table, index: dict[str, int],
+                    max_timeline: int | None = None, users: Sequence[str] | None = None) -> UserData:
+    """Timelines (views + clicks, known items, time order) and clicks per user."""
+    if users is None:
+        users = np.union1d(np.unique(views.column("user_id").to_numpy(zero_copy_only=False).astype(str)),
+                           np.unique(clicks.column("user_id").to_numpy(zero_copy_only=False).astype(str)))
+    ids, view_rows = group_items(views, index, users=users)
+    _, click_rows = group_items(clicks, index, users=ids)
+    timelines = [_merge_timeline(v, c, max_timeline) for v, c in zip(view_rows, click_rows)]
+    return UserData(ids, Lists.from_lists(timelines), Lists.from_lists(click_rows))
+
+
+def split_validation(data: UserData, share: float, max_users: int, seed: int,
+                     min_clicks: int = 2) -> tuple[UserData, EvalSet]:
+    """Hold some training users out for early stopping: their clicks split 80/20, timeline as fold-in."""
+    rng = np.random.default_rng(seed + 1)
+    eligible = np.flatnonzero(data.clicks.lengths() >= min_clicks)
+    n_valid = min(max_users, int(round(share * len(eligible))))
+    chosen = np.sort(rng.permutation(eligible)[:n_valid])
+    rest = np.setdiff1d(np.arange(len(data)), chosen)
+    train = UserData(data.user_ids[rest], data.timelines.take(rest), data.clicks.take(rest))
+    inputs, targets = [], []
+    for u in chosen:
+        clicks = rng.permutation(data.clicks.row(u))
+        n_t = max(1, int(round(0.2 * len(clicks))))
+        tgt = np.sort(clicks[:n_t])
+        timeline = data.timelines.row(u)
+        inputs.append(timeline[~np.isin(timeline, tgt)])
+        targets.append(tgt)
+    return train, EvalSet(data.user_ids[chosen], Lists.from_lists(inputs), Lists.from_lists(targets))
+
+
+def temporal_split(views: pa.Table, clicks: pa.Table, item_ids: Sequence[str],
+                   max_timeline: int | None = None) -> TemporalSplit:
+    """Targets = clicks on the last day present; inputs = each user's earlier timeline.
+
+    ``views``/``clicks`` must carry the ``date`` column of ``read_window``. Only
+    users with earlier history and at least one target the model can rank
+    (a catalog item not already in their inputs) are evaluated.
+    """
+    dates = pc.unique(pa.concat_arrays([views.column("date").combine_chunks().cast(pa.date32()),
+                                        clicks.column("date").combine_chunks().cast(pa.date32())]))
+    dates = sorted(d.as_py() for d in dates)
+    if len(dates) < 2:
+        raise UserError("the temporal protocol needs at least 2 days with events in the window")
+    last = dates[-1]
+    index = {str(item): i for i, item in enumerate(item_ids)}
+    is_last_v = pc.equal(views.column("date"), pa.scalar(last, pa.date32()))
+    is_last_c = pc.equal(clicks.column("date"), pa.scalar(last, pa.date32()))
+    early_v, early_c = views.filter(pc.invert(is_last_v)), clicks.filter(pc.invert(is_last_c))
+    train = build_user_data(early_v, early_c, index, max_timeline)
+
+    last_clicks = clicks.filter(is_last_c)
+    target_users, target_rows = group_items(last_clicks, index)
+    history = {u: i for i, u in enumerate(train.user_ids)}
+    ids, inputs, targets = [], [], []
+    for u, row in zip(target_users, target_rows):
+        if u not in history:
+            continue
+        timeline = train.timelines.row(history[u])
+        row = row[~np.isin(row, timeline)]
+        if len(timeline) and len(row):
+            ids.append(u)
+            inputs.append(timeline)
+            targets.append(np.sort(row))
+    test = EvalSet(np.asarray(ids, dtype=str), Lists.from_lists(inputs), Lists.from_lists(targets))
+    info = {"train_days": [str(dates[0]), str(dates[-2])], "eval_date": str(last),
+            "train_users": len(train), "eval_users": len(test), "items": len(index),
+            "eval_target_users_total": len(target_users)}
+    return TemporalSplit(np.asarray(item_ids, dtype=str), train, test, last, info)
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_scorer(score: Callable[[list[np.ndarray]], np.ndarray], eval_set: EvalSet, n_items: int,
+                    batch_size: int = 1024, k: int = 100) -> dict[str, float]:
+    """Score users in batches, exclude their inputs (fold-in) from the ranking, and compute
+    Recall@20/50, NDCG@100 and coverage@20 with ``models.metrics``."""
+    from models.metrics import evaluate_rankings, top_k_indices
+
+    rankings: list[np.ndarray] = []
+    for start in range(0, len(eval_set), batch_size):
+        rows = [eval_set.inputs.row(u) for u in range(start, min(start + batch_size, len(eval_set)))]
+        scores = np.array(score(rows), dtype=np.float64, copy=True)
+        for r, items in enumerate(rows):
+            if len(items):
+                scores[r, items] = -np.inf
+        top = top_k_indices(scores, k)
+        # on small catalogs the top-k can reach the excluded fold-in items: drop them
+        rankings.extend(row[np.isfinite(scores[r, row])] for r, row in enumerate(top))
+    return evaluate_rankings(rankings, eval_set.target_sets(), n_items=n_items)

@@ -1,0 +1,522 @@
+"""LED fine-tuning on clicks (TensorFlow): the Project variant, its ablations and losses.
+
+The model (DESIGN.md, deepr's LED "Project"):
+
+- ``E`` (I × d): item embeddings from the SVD pre-training, frozen (a constant,
+  not a variable, so no optimizer can touch it);
+- ``P`` (d × d) and ``b`` (I): the only trainable tensors, so the trainable
+  parameter count is exactly ``d·d + I`` (checked in :class:`LedModel`);
+- encoder ``u = mean_{j in x} E_j`` (no per-user parameters: new users are
+  served from their timeline alone);
+- decoder ``logits = u P Pᵀ Eᵀ + b``. With ``V = E P`` this is
+  ``mean(V_x) · V_i + b_i``, which is how the exported model scores
+  (numpy + Annoy, no TensorFlow).
+
+Ablations (same code, other trainable sets): ``svd_average`` (no training,
+``P = I``), ``train_e`` (E trainable as well) and ``no_projection`` (no P; E and
+b trainable, ``logits = u Eᵀ + b``).
+
+Losses. Sampled ones cost O(B·(T + N)·d) per step for B users, T targets and N
+shared negatives, independent of the catalog size I:
+
+- ``bpr``: mean over (target, negative) pairs of ``-log σ(s_t - s_n)``;
+- ``ns``: negative sampling, ``-log σ(s_t) - mean_n log σ(-s_n)``;
+- ``css``: complementarity sum sampling (Botev et al. 2017), a sampled
+  multinomial whose normaliser sums the targets exactly and estimates the rest
+  of the catalog from the negatives with importance weights ``(1 - Q_t)/(N q_n)``
+  (``(I - T)/N`` for uniform sampling);
+- ``multi``: the full softmax over the catalog, a reference for small catalogs.
+
+Negatives are shared by a batch, drawn with replacement uniformly or by
+popularity (``counts^0.75``), and a negative that is one of the user's targets is
+masked out. Initialisation: ``P = init_scale · I`` and
+``b = log(normalised counts)``. ``init_scale`` matters: inputs are means of
+unit vectors, so ``u·E_i`` lies in [-1, 1] while the bias spans ~8 nats; with
+``P = I`` the item term starts almost invisible and Adam needs many steps to
+grow it. The default scale is chosen so ``u P Pᵀ Eᵀ`` starts on the bias's
+scale (see the report in benchmarks/README.md).
+
+Training is deterministic under ``seed`` (numpy generators for splits,
+masking and negatives, seeded TF initialisation, op determinism), reports each
+epoch on stderr, and early-stops on validation NDCG@100 keeping the best
+weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from models.data import EvalSet, Lists, TemporalSplit, UserData, epoch_examples, evaluate_scorer
+
+VARIANTS = ("project", "train_e", "no_projection")
+LOSSES = ("bpr", "ns", "css", "multi")
+
+_TF = None
+
+
+def import_tf():
+    """Import TensorFlow once, with 2 intra-op / 1 inter-op threads (STACK_NOTES §7)."""
+    global _TF
+    if _TF is None:
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences import noise; results stay deterministic
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(2)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TF already initialised by someone else: keep its settings
+            pass
+        _TF = tf
+    return _TF
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class LedConfig:
+    dim: int = 128
+    loss: str = "bpr"
+    num_negatives: int = 1000
+    negative_sampling: str = "uniform"
+    learning_rate: float = 1e-3
+    batch_size: int = 512
+    epochs: int = 20
+    patience: int = 3
+    keep_prob: float = 0.5
+    target_ratio: float = 0.2
+    seed: int = 42
+    variant: str = "project"
+    init_scale: float = 4.0
+    max_timeline: int = 200
+    valid_share: float = 0.1
+    valid_max_users: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.negative_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampling must be uniform or popularity, got {self.negative_sampling!r}")
+        if not 0 < self.keep_prob <= 1 or not 0 < self.target_ratio < 1:
+            raise ValueError("keep_prob must be in (0, 1] and target_ratio in (0, 1)")
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "LedConfig":
+        names = ("dim", "loss", "num_negatives", "negative_sampling", "learning_rate", "batch_size",
+                 "epochs", "patience", "keep_prob", "target_ratio", "seed", "max_timeline")
+        values = {n: getattr(settings, n) for n in names}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def initial_bias(counts: np.ndarray) -> np.ndarray:
+    """log of normalised counts (+1 so unseen items get a finite, low bias)."""
+    c = np.asarray(counts, dtype=np.float64) + 1.0
+    return np.log(c / c.sum()).astype(np.float32)
+
+
+def align_embeddings(catalog: Sequence[str], item_ids: Sequence[str], E: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rows of E re-ordered to ``catalog``; items without an embedding get a zero row (bias only)."""
+    index = {str(i): r for r, i in enumerate(item_ids)}
+    out = np.zeros((len(catalog), E.shape[1]), dtype=np.float32)
+    found = 0
+    for r, item in enumerate(catalog):
+        j = index.get(str(item))
+        if j is not None:
+            out[r] = E[j]
+            found += 1
+    return out, found
+
+
+# --------------------------------------------------------------------------- the model
+class LedModel:
+    """E, P, b as TensorFlow tensors; ``trainable`` lists exactly what the optimizer updates."""
+
+    def __init__(self, E: np.ndarray, counts: np.ndarray, variant: str = "project",
+                 init_scale: float = 1.0, seed: int = 0):
+        tf = import_tf()
+        E = np.asarray(E, dtype=np.float32)
+        n_items, d = E.shape
+        if len(counts) != n_items:
+            raise ValueError(f"counts ({len(counts)}) and E ({n_items} rows) disagree")
+        self.variant, self.n_items, self.dim = variant, n_items, d
+        tf.random.set_seed(seed)
+        if variant == "project":
+            self.E = tf.constant(E)  # frozen: a constant is never in a gradient
+        else:
+            self.E = tf.Variable(E, name="E", trainable=True)
+        self.P = None
+        if variant != "no_projection":
+            self.P = tf.Variable(init_scale * np.eye(d, dtype=np.float32), name="P", trainable=True)
+        self.b = tf.Variable(initial_bias(counts), name="b", trainable=True)
+        self.trainable = [v for v in (self.E, self.P, self.b) if isinstance(v, tf.Variable)]
+        if variant == "project" and self.trainable_params != d * d + n_items:
+            raise AssertionError(f"LED Project must train d*d + I = {d * d + n_items} parameters, "
+                                 f"got {self.trainable_params}")
+
+    @property
+    def trainable_params(self) -> int:
+        return int(sum(int(np.prod(v.shape)) for v in self.trainable))
+
+    def hidden(self, inputs):
+        """``u P Pᵀ`` for a ragged batch of input item indices (B × d)."""
+        tf = import_tf()
+        u = tf.reduce_mean(tf.gather(self.E, inputs), axis=1)
+        if self.P is None:
+            return u
+        return tf.matmul(tf.matmul(u, self.P), self.P, transpose_b=True)
+
+    def logits(self, inputs):
+        """Full logits (B × I): ``u P Pᵀ Eᵀ + b``."""
+        tf = import_tf()
+        return tf.matmul(self.hidden(inputs), self.E, transpose_b=True) + self.b
+
+    def export_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``V = E P`` and ``b`` as float32 numpy arrays."""
+        E = np.asarray(self.E.numpy(), dtype=np.float32)
+        V = E if self.P is None else E @ self.P.numpy()
+        return V.astype(np.float32), self.b.numpy().astype(np.float32)
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [v.numpy().copy() for v in self.trainable]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        for v, w in zip(self.trainable, weights):
+            v.assign(w)
+
+
+# --------------------------------------------------------------------------- losses
+def _target_scores(model: LedModel, h, targets):
+    tf = import_tf()
+    rows = targets.value_rowids()
+    items = targets.flat_values
+    s = tf.reduce_sum(tf.gather(h, rows) * tf.gather(model.E, items), axis=1) + tf.gather(model.b, items)
+    return s, rows, items
+
+
+def _negative_scores(model: LedModel, h, negatives, target_items, target_rows):
+    """Scores (B × N) of the shared negatives and a mask that drops the user's own targets."""
+    tf = import_tf()
+    s = tf.matmul(h, tf.gather(model.E, negatives), transpose_b=True) + tf.gather(model.b, negatives)
+    hit = tf.cast(tf.equal(target_items[:, None], negatives[None, :]), tf.float32)  # T × N
+    hit_rows = tf.math.unsorted_segment_max(hit, target_rows, tf.shape(h)[0])
+    return s, 1.0 - tf.maximum(hit_rows, 0.0)
+
+
+def _per_user_mean(values, rows, n_rows):
+    tf = import_tf()
+    per_user = tf.math.unsorted_segment_mean(values, rows, n_rows)
+    has = tf.math.unsorted_segment_max(tf.ones_like(values), rows, n_rows) > 0
+    return tf.reduce_mean(tf.boolean_mask(per_user, has))
+
+
+def bpr_loss(model, h, targets, negatives, neg_logq=None):
+    tf = import_tf()
+    s_t, rows, items = _target_scores(model, h, targets)
+    s_n, valid = _negative_scores(model, h, negatives, items, rows)
+    diff = s_t[:, None] - tf.gather(s_n, rows)  # T × N
+    w = tf.gather(valid, rows)
+    pair = tf.reduce_sum(tf.nn.softplus(-diff) * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1.0)
+    return _per_user_mean(pair, rows, tf.shape(h)[0])
+
+
+def ns_loss(model, h, targets, negatives, neg_logq=None):
+    tf = import_tf()
+    s_t, rows, items = _target_scores(model, h, targets)
+    s_n, valid = _negative_scores(model, h, negatives, items, rows)
+    positive = _per_user_mean(tf.nn.softplus(-s_t), rows, tf.shape(h)[0])
+    negative = tf.reduce_sum(tf.nn.softplus(s_n) * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+    return positive + tf.reduce_mean(negative)
+
+
+def css_loss(model, h, targets, negatives, neg_logq):
+    """Sampled multinomial: log Z = log(Σ_targets e^s + Σ_neg w_n e^s_n), w_n = (1 - Q_t)/(N q_n)."""
+    tf = import_tf()
+    n_rows = tf.shape(h)[0]
+    s_t, rows, items = _target_scores(model, h, targets)
+    s_n, valid = _negative_scores(model, h, negatives, items, rows)
+    n_neg = tf.cast(tf.shape(negatives)[0], tf.float32)
+    q_targets = tf.math.unsorted_segment_sum(tf.exp(tf.gather(model.log_q, items)), rows, n_rows)
+    log_w = tf.math.log(tf.maximum(1.0 - q_targets, 1e-6))[:, None] - tf.math.log(n_neg) - neg_logq[None, :]
+    neg_terms = tf.where(valid > 0, s_n + log_w, tf.fill(tf.shape(s_n), -1e9))
+    m = tf.maximum(tf.math.unsorted_segment_max(s_t, rows, n_rows), tf.reduce_max(neg_terms, axis=1))
+    m = tf.stop_gradient(tf.where(tf.math.is_finite(m), m, tf.zeros_like(m)))
+    z = (tf.math.unsorted_segment_sum(tf.exp(s_t - tf.gather(m, rows)), rows, n_rows)
+         + tf.reduce_sum(tf.exp(neg_terms - m[:, None]), axis=1))
+    log_z = m + tf.math.log(z)
+    return _per_user_mean(tf.gather(log_z, rows) - s_t, rows, n_rows)
+
+
+def multi_loss(model, h, targets, negatives=None, neg_logq=None):
+    """Full softmax over the catalog (cost grows with I: a reference for small catalogs)."""
+    tf = import_tf()
+    log_p = tf.nn.log_softmax(tf.matmul(h, model.E, transpose_b=True) + model.b, axis=1)
+    rows, items = targets.value_rowids(), targets.flat_values
+    nll = -tf.gather_nd(log_p, tf.stack([rows, tf.cast(items, tf.int64)], axis=1))
+    return _per_user_mean(nll, rows, tf.shape(h)[0])
+
+
+LOSS_FUNCTIONS: dict[str, Callable] = {"bpr": bpr_loss, "ns": ns_loss, "css": css_loss, "multi": multi_loss}
+
+
+# --------------------------------------------------------------------------- negatives and data
+class NegativeSampler:
+    """Draws N negatives with replacement: uniform, or ∝ counts^0.75 via a CDF (O(N log I))."""
+
+    def __init__(self, counts: np.ndarray, kind: str, rng: np.random.Generator):
+        self.n_items, self.kind, self.rng = len(counts), kind, rng
+        if kind == "popularity":
+            w = (np.asarray(counts, dtype=np.float64) + 1.0) ** 0.75
+        else:
+            w = np.ones(len(counts))
+        self.q = w / w.sum()
+        self.cdf = np.cumsum(self.q)
+        self.cdf[-1] = 1.0
+
+    def sample(self, n: int) -> np.ndarray:
+        if self.kind == "uniform":
+            return self.rng.integers(0, self.n_items, n).astype(np.int32)
+        return np.searchsorted(self.cdf, self.rng.random(n), side="right").astype(np.int32)
+
+
+def _ragged(lists: Lists):
+    tf = import_tf()
+    return tf.RaggedTensor.from_row_splits(tf.constant(lists.items, tf.int32), tf.constant(lists.indptr, tf.int64))
+
+
+def epoch_dataset(data: UserData, cfg: LedConfig, sampler: NegativeSampler, rng: np.random.Generator):
+    """tf.data pipeline of one epoch: ragged (inputs, targets) batches zipped with sampled negatives."""
+    tf = import_tf()
+    inputs, targets = epoch_examples(data, cfg.target_ratio, cfg.keep_prob, rng)
+    n_batches = max(1, math.ceil(len(inputs) / cfg.batch_size))
+    negatives = np.stack([sampler.sample(cfg.num_negatives) for _ in range(n_batches)])
+    examples = tf.data.Dataset.from_tensor_slices((_ragged(inputs), _ragged(targets))).batch(cfg.batch_size)
+    ds = tf.data.Dataset.zip((examples, tf.data.Dataset.from_tensor_slices(negatives)))
+    return ds.prefetch(2), len(inputs)
+
+
+# --------------------------------------------------------------------------- scoring and evaluation
+def score_with(V: np.ndarray, b: np.ndarray | None) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """Exact scorer ``mean(V_x)·V + b`` over a batch of input lists (the exported model's rule)."""
+    def score(inputs: list[np.ndarray]) -> np.ndarray:
+        q = np.stack([V[row].mean(axis=0) if len(row) else np.zeros(V.shape[1], V.dtype) for row in inputs])
+        s = q @ V.T
+        return s + b if b is not None else s
+    return score
+
+
+@dataclass
+class TrainedModel:
+    """A fine-tuned LED model as plain arrays plus its training record."""
+
+    item_ids: np.ndarray
+    V: np.ndarray
+    b: np.ndarray
+    counts: np.ndarray
+    config: LedConfig
+    trainable_params: int
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    P: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.V.shape[1])
+
+    def scorer(self) -> Callable[[list[np.ndarray]], np.ndarray]:
+        return score_with(self.V, self.b)
+
+    def evaluate(self, eval_set: EvalSet) -> dict[str, float]:
+        return evaluate_scorer(self.scorer(), eval_set, len(self.item_ids))
+
+    def model_card(self, metrics: dict | None = None, data_window: dict | None = None,
+                   extra: dict | None = None) -> dict[str, Any]:
+        trained = self.trainable_params > 0
+        card = {"model": "LED" if trained else "SVD-average", "variant": self.config.variant, "d": self.dim,
+                "loss": self.config.loss if trained else "none",
+                "trainable_params": self.trainable_params, "items": len(self.item_ids),
+                "hyper_parameters": self.config.as_dict(), "best_epoch": self.best_epoch,
+                "train_seconds": round(self.train_seconds, 3), "history": self.history,
+                "metrics": metrics or {}, "data_window": data_window or {}}
+        return card | (extra or {})
+
+    def export(self, folder: Path, metrics: dict | None = None, data_window: dict | None = None,
+               eval_set: EvalSet | None = None, extra: dict | None = None, max_eval_users: int = 2000) -> Path:
+        """Write V, b, ids, counts and the model card with ``models.export.save_model``.
+
+        ``eval_set`` inputs (up to ``max_eval_users``) go to eval_timelines.json so
+        serving can measure its ANN recall on realistic queries.
+        """
+        from models.export import save_model
+
+        timelines = None
+        if eval_set is not None:
+            timelines = [[str(self.item_ids[i]) for i in row] for row in eval_set.inputs.rows()[:max_eval_users]]
+        return save_model(folder, self.item_ids, self.V, self.b, self.counts,
+                          self.model_card(metrics, data_window, extra), timelines)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_model(E: np.ndarray, counts: np.ndarray, cfg: LedConfig) -> LedModel:
+    model = LedModel(E, counts, cfg.variant, cfg.init_scale, cfg.seed)
+    return model
+
+
+def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig,
+              counts: np.ndarray | None = None, progress: Callable[[str], None] | None = _log) -> TrainedModel:
+    """Fine-tune LED on ``train`` (indices into ``embeddings.item_ids``), early-stopping on ``valid``.
+
+    ``embeddings`` is anything with ``item_ids``, ``E`` (I × d) and ``counts``
+    (the pre-training's :class:`models.pretrain.Embeddings`); ``counts`` overrides
+    the counts used for the bias initialisation and popularity negatives.
+    Returns the best epoch's weights (by validation NDCG@100, or the last
+    epoch when ``valid`` is None or empty).
+    """
+    tf = import_tf()
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # pragma: no cover - older TF
+        pass
+    E = np.asarray(embeddings.E, dtype=np.float32)
+    counts = np.asarray(embeddings.counts if counts is None else counts, dtype=np.int64)
+    if len(train) == 0 or train.clicks.items.size == 0:
+        raise ValueError("no training clicks: nothing to fine-tune on")
+    start = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    model = build_model(E, counts, cfg)
+    sampler = NegativeSampler(counts, cfg.negative_sampling, np.random.default_rng(cfg.seed + 7))
+    model.log_q = tf.constant(np.log(sampler.q).astype(np.float32))
+    optimizer = tf.keras.optimizers.Adam(cfg.learning_rate)
+    loss_fn = LOSS_FUNCTIONS[cfg.loss]
+    ragged = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1, row_splits_dtype=tf.int64)
+
+    @tf.function(input_signature=[ragged, ragged, tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
+    def train_step(inputs, targets, negatives):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(model, model.hidden(inputs), targets, negatives, tf.gather(model.log_q, negatives))
+        grads = tape.gradient(loss, model.trainable)
+        optimizer.apply_gradients(zip(grads, model.trainable))
+        return loss
+
+    history: list[dict] = []
+    best = (-1.0, 0, model.get_weights())
+    use_valid = valid is not None and len(valid) > 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        ds, n_examples = epoch_dataset(train, cfg, sampler, rng)
+        losses = [float(train_step(inp, tgt, neg)) for (inp, tgt), neg in ds]
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "examples": n_examples,
+                  "seconds": round(time.perf_counter() - t0, 3)}
+        if use_valid:
+            V, b = model.export_arrays()
+            record["val_ndcg@100"] = evaluate_scorer(score_with(V, b), valid, model.n_items)["ndcg@100"]
+        history.append(record)
+        score = record.get("val_ndcg@100", float(epoch))
+        improved = score > best[0]
+        if improved:
+            best = (score, epoch, model.get_weights())
+        if progress:
+            val = f" val ndcg@100 {record['val_ndcg@100']:.4f}{' *' if improved else ''}" if use_valid else ""
+            progress(f"[led {cfg.variant}/{cfg.loss}] epoch {epoch}/{cfg.epochs} loss {record['loss']:.4f}"
+                     f"{val} {record['seconds']:.1f}s")
+        if not np.isfinite(record["loss"]):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {record['loss']})")
+        if use_valid and epoch - best[1] >= cfg.patience:
+            break
+    model.set_weights(best[2])
+    V, b = model.export_arrays()
+    P = model.P.numpy() if model.P is not None else None
+    return TrainedModel(np.asarray(embeddings.item_ids, dtype=str), V, b, counts, cfg, model.trainable_params,
+                        history, best[1], time.perf_counter() - start, P)
+
+
+def svd_average(embeddings, counts: np.ndarray | None = None, with_bias: bool = False,
+                cfg: LedConfig | None = None) -> TrainedModel:
+    """The no-training ablation: ``P = I``; with_bias adds the log-popularity bias ``b``."""
+    counts = np.asarray(embeddings.counts if counts is None else counts, dtype=np.int64)
+    E = np.asarray(embeddings.E, dtype=np.float32)
+    b = initial_bias(counts) if with_bias else np.zeros(len(counts), np.float32)
+    cfg = cfg or LedConfig(dim=E.shape[1], epochs=1)
+    return TrainedModel(np.asarray(embeddings.item_ids, dtype=str), E.copy(), b, counts,
+                        cfg, 0)
+
+
+# --------------------------------------------------------------------------- the daily stage
+def evaluate_temporal(model, split: TemporalSplit) -> dict[str, float]:
+    """Recall@20/50, NDCG@100, coverage@20 on the last day's clicks.
+
+    ``model`` is a :class:`TrainedModel` or an exported model (``models.export
+    .ExportedModel``) with its own item index: the split's items are mapped by
+    id, so a champion trained on another vocabulary is judged on the same
+    clicks (targets it cannot rank count as misses).
+    """
+    if isinstance(model, TrainedModel) and np.array_equal(model.item_ids, split.item_ids):
+        return model.evaluate(split.test)
+    own = {str(i): r for r, i in enumerate(model.item_ids)}
+    remap = np.array([own.get(str(i), -1) for i in split.item_ids], dtype=np.int64)
+    n_own = len(model.item_ids)
+
+    def mapped(lists: Lists) -> Lists:
+        rows = []
+        for row in lists.rows():
+            r = remap[row]
+            rows.append(r[r >= 0])
+        return Lists.from_lists(rows)
+
+    inputs = mapped(split.test.inputs)
+    # unknown targets become indices past the catalog: never ranked, still counted in |targets|
+    targets = Lists.from_lists(
+        [np.where(remap[row] >= 0, remap[row], n_own + np.arange(len(row))) for row in split.test.targets.rows()])
+    eval_set = EvalSet(split.test.user_ids, inputs, targets)
+    return evaluate_scorer(score_with(np.asarray(model.V, np.float32), np.asarray(model.b, np.float32)),
+                           eval_set, n_own)
+
+
+def fine_tune_window(embeddings, views, clicks, cfg: LedConfig,
+                     progress: Callable[[str], None] | None = _log) -> tuple[TrainedModel, TemporalSplit, dict]:
+    """The daily fine-tune stage on one window's events (arrow tables from ``infra.events.read_window``).
+
+    Temporal protocol: trains on the days before the window's last day (a share
+    of those users held out for early stopping), evaluates on the last day's
+    clicks. ``embeddings`` must have been pre-trained without the last day
+    (see :func:`eval_day`), so nothing of the evaluation day leaks.
+    Returns (model, split, metrics).
+    """
+    from models.data import split_validation, temporal_split
+
+    split = temporal_split(views, clicks, embeddings.item_ids, cfg.max_timeline)
+    if len(split.test) == 0:
+        raise ValueError(f"no user clicked a known item on {split.eval_date} after earlier activity: "
+                         "nothing to evaluate on")
+    train, valid = split_validation(split.train, cfg.valid_share, cfg.valid_max_users, cfg.seed)
+    model = fine_tune(embeddings, train, valid, cfg, progress=progress)
+    metrics = model.evaluate(split.test)
+    return model, split, metrics
+
+
+def eval_day(views, clicks):
+    """The last day with events in the window: the temporal protocol's evaluation day."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    dates = [t.column("date") for t in (views, clicks) if t.num_rows]
+    if not dates:
+        return None
+    return max(pc.max(d.cast(pa.date32())).as_py() for d in dates)
