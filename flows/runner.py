@@ -1,0 +1,39 @@
+"""Run the daily flow from code or the CLI and summarise its final state as plain data."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from infra.orchestration import configure_prefect
+from infra.settings import get_settings
+
+RESULT_KEYS = ("model_version", "promoted", "pushed_slot", "ndcg@100", "recall@20", "recall@50",
+               "ann_recall", "champion_ndcg@100", "reasons", "run_id", "seconds")
+
+
+def flow_parameters() -> dict[str, tuple[str, Any]]:
+    """Name → (annotation, default) of the daily flow's parameters."""
+    configure_prefect(get_settings(), check=False)
+    from flows.daily import daily
+
+    sig = inspect.signature(daily.fn)
+    return {name: (str(p.annotation), p.default) for name, p in sig.parameters.items()}
+
+
+def run_daily(params: dict[str, Any]) -> dict[str, Any]:
+    """Run ``led-daily`` in this process; never raises for a failed run (the state says it)."""
+    configure_prefect(get_settings())
+    from flows.daily import daily
+
+    state = daily(**params, return_state=True)
+    summary: dict[str, Any] = {"state": state.type.value, "state_name": state.name,
+                               "run_date": params.get("run_date"), **{k: None for k in RESULT_KEYS}}
+    if state.is_completed():
+        summary |= state.result()
+    else:
+        try:
+            state.result()
+        except BaseException as exc:  # noqa: BLE001 - the failure is reported, not re-raised
+            summary["error"] = f"{type(exc).__name__}: {exc}"
+        summary["validation_failed"] = "ValidationFailed" in summary.get("error", "")
+    return summary
