@@ -82,6 +82,23 @@ class ValidationResult:
     def failed_checks(self) -> list[str]:
         return sorted({c.check for c in self.failed})
 
+    def failure_table(self, width: int = 60) -> str:
+        """Failed checks as a fixed-width table, one line each (CLI output, flow artifacts)."""
+        header = ("check", "kind", "column", "days", "unexpected", "examples")
+        rows = []
+        for c in self.failed:
+            days = ",".join(c.days[:3]) + ("..." if len(c.days) > 3 else "")
+            example = c.error or "; ".join(_short(e) for e in c.examples[:3]) \
+                or f"observed {c.observed_value}: {c.notes}"
+            rows.append((c.check, c.kind or "-", c.column or "-", days or "-",
+                         "-" if c.unexpected_count is None else str(c.unexpected_count), example[:width]))
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = [f"FAILED {len(rows)} of {len(self.checks)} checks (window {self.window[0]} to {self.window[1]}):",
+                 "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join(lines)
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["failed"] = [asdict(c) for c in self.failed]
@@ -190,12 +207,22 @@ def _accept_history(p) -> None:
 def _row_checks(gate: "_GxGate", kind: str, window_parts: list, now: pd.Timestamp) -> list[CheckResult]:
     tables = [stats.with_day_columns(p) for p in window_parts if p.status == stats.OK]
     if tables:
-        frame = pa.concat_tables(tables).to_pandas()
+        frame = _ids_as_categories(pa.concat_tables(tables)).to_pandas()
     else:
         frame = pd.DataFrame({c: pd.Series(dtype="object") for c in ("user_id", "item_id", "date")}
                              | {c: pd.Series(dtype="datetime64[us, UTC]") for c in ("ts", "day_start", "next_day")})
     return gate.run(suites.suite_name("rows", kind), frame, kind=kind, index_columns=["date"],
                     parameters={"now": now})
+
+
+def _ids_as_categories(t: pa.Table) -> pa.Table:
+    """Dictionary-encode the ids: pandas then holds them as categoricals, and GX's string and null
+    checks work on each distinct id once instead of on every row (~1.5x faster on 1M events;
+    ids repeat a lot). Types were already checked by the schema suite on plain strings."""
+    for name in ("user_id", "item_id"):
+        i = t.schema.get_field_index(name)
+        t = t.set_column(i, name, t.column(i).dictionary_encode())
+    return t
 
 
 # --- Great Expectations -----------------------------------------------------------------
@@ -295,6 +322,12 @@ def _write_report(gate: _GxGate, result: ValidationResult, report_dir: Path) -> 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final / index.name
+
+
+def _short(example: Any) -> str:
+    if isinstance(example, dict):
+        return " ".join(f"{k}={v}" for k, v in example.items())
+    return str(example)
 
 
 def _int(v) -> int | None:

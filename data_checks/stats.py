@@ -138,7 +138,7 @@ def _new_item_shares(views: list[Partition]) -> dict[dt.date, float]:
     previous = pairs.groupby("item", sort=False)["day"].shift(1)
     pairs["new"] = previous.isna() | (pairs["day"] - previous > TRAILING_DAYS)
     share = pairs.groupby("day")["new"].mean()
-    return {dt.date.fromordinal(int(d)): float(v) for d, v in share.items()}
+    return {dt.date.fromordinal(int(d)): round(float(v), 6) for d, v in share.items()}
 
 
 def _orphan_rates(clicks: list[Partition], views: list[Partition]) -> dict[dt.date, float]:
@@ -148,7 +148,7 @@ def _orphan_rates(clicks: list[Partition], views: list[Partition]) -> dict[dt.da
     for p in clicks:
         if p.in_window and p.status == OK and p.table.num_rows:
             orphan = pc.invert(pc.is_in(p.table.column("item_id"), value_set=seen))
-            out[p.day] = float(pc.sum(orphan).as_py() or 0) / p.table.num_rows
+            out[p.day] = round(float(pc.sum(orphan).as_py() or 0) / p.table.num_rows, 6)
     return out
 
 
@@ -181,7 +181,7 @@ def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate
     rows = p.rows
     dup = None
     if p.status == OK and p.table.num_rows:
-        dup = _duplicate_rows(p.table) / p.table.num_rows
+        dup = round(_duplicate_rows(p.table) / p.table.num_rows, 6)
     return {
         "kind": kind,
         "date": p.day.isoformat(),
@@ -193,7 +193,7 @@ def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate
         "trailing_median_users": med_users,
         "volume_checked": bool(enforced),
         "rows_when_expected": rows if enforced else None,
-        "volume_ratio": rows / med_rows if enforced and rows is not None else None,
+        "volume_ratio": round(rows / med_rows, 4) if enforced and rows is not None else None,
         "duplicate_rate": dup,
         "new_item_share": new_share if enforced and kind == "views" else None,
         "orphan_click_rate": orphan_rate if kind == "clicks" else None,

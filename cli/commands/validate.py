@@ -53,7 +53,7 @@ def run(args) -> int:
     log(f"[validate] {events}: window of {window} days before {day}")
     result = validate_window(events, day, window, settings=settings, report_dir=report_dir)
     if not result.success:
-        print(failure_table(result))
+        print(result.failure_table())
     log(f"[validate] {'passed' if result.success else 'FAILED'}: {len(result.checks)} checks, "
         f"{len(result.failed)} failed, {result.seconds:.1f}s; report {result.report_path}")
     emit({
@@ -68,26 +68,3 @@ def run(args) -> int:
         "seconds": result.seconds,
     })
     return 0 if result.success else 1
-
-
-def failure_table(result, width: int = 60) -> str:
-    """Failed checks as a fixed-width table (one line each)."""
-    header = ("check", "kind", "column", "days", "unexpected", "examples")
-    rows = []
-    for c in result.failed:
-        days = ",".join(c.days[:3]) + ("..." if len(c.days) > 3 else "")
-        example = c.error or "; ".join(_short(e) for e in c.examples[:3])
-        rows.append((c.check, c.kind or "-", c.column or "-", days or "-",
-                     "-" if c.unexpected_count is None else str(c.unexpected_count), example[:width]))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"FAILED {len(rows)} of {len(result.checks)} checks (window {result.window[0]} to {result.window[1]}):",
-             "  ".join(h.ljust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _short(example) -> str:
-    if isinstance(example, dict):
-        return " ".join(f"{k}={v}" for k, v in example.items())
-    return str(example)
