@@ -274,7 +274,8 @@ def training_curve_png(history: Sequence[dict[str, Any]], out: Path) -> Path | N
     epochs = [int(r.get("epoch", i)) for i, r in enumerate(rows)]
     keys = sorted({k for r in rows for k in _finite_numbers(r)} - {"epoch"})
     loss_keys = [k for k in keys if "loss" in k]
-    other = [k for k in keys if k not in loss_keys]
+    # validation metrics only: counters such as examples or seconds would flatten the [0, 1] curves
+    other = [k for k in keys if k not in loss_keys and (k.startswith("val") or "_at_" in k)]
     fig, ax = plt.subplots(figsize=(7, 4))
     for k in loss_keys:
         ax.plot(epochs, [_finite_numbers(r).get(k, math.nan) for r in rows], marker="o", label=k)
@@ -453,11 +454,42 @@ def build_eval_set(events_dir: Path, target_day: str | dt.date, window_days: int
                    name=f"clicks-{day}-w{window_days}")
 
 
+def exact_rankings(model: "ExportedModel", timelines: Sequence[Sequence[str]], k: int,
+                   chunk: int = 256) -> list[list[str]]:
+    """``ExportedModel.exact_topk`` for many timelines at once (one matrix product per chunk).
+
+    Same rule: ``q = mean(V_x)``, ``score = q . V + b`` in the arrays' float32,
+    inputs excluded, popularity (counts) when no input item is known. About
+    8x faster than the per-user loop on a 20k-item catalog, identical rankings
+    (benchmarks/registry_gate.py).
+    """
+    import numpy as np
+
+    from models.metrics import top_k_indices
+
+    index, out = model.index_of, []
+    for start in range(0, len(timelines), chunk):
+        rows = [[index[str(i)] for i in t if str(i) in index] for t in timelines[start:start + chunk]]
+        Q = np.zeros((len(rows), model.dim), dtype=model.V.dtype)
+        for r, known in enumerate(rows):
+            if known:
+                Q[r] = model.V[known].mean(axis=0)
+        scores = (Q @ model.V.T + model.b).astype(np.float64)
+        for r, known in enumerate(rows):
+            if known:
+                scores[r, known] = -np.inf
+            else:
+                scores[r] = model.counts
+        top = top_k_indices(scores, k)
+        out.extend([[str(model.item_ids[i]) for i in row] for row in top])
+    return out
+
+
 def evaluate_exported(model: "ExportedModel", eval_set: EvalSet, k: int = 100) -> dict[str, float]:
     """Recall@20/50, NDCG@100, coverage@20 of exact top-k (inputs excluded) on ``eval_set``."""
     from models.metrics import evaluate_rankings
 
-    rankings = [model.exact_topk(timeline, k)[0] for timeline in eval_set.inputs]
+    rankings = exact_rankings(model, eval_set.inputs, k)
     raw = evaluate_rankings(rankings, eval_set.target_sets(), n_items=len(model.item_ids))
     return {metric_name(key): float(value) for key, value in raw.items()}
 

@@ -416,3 +416,12 @@ def test_mlflow_models_serve_answers_http(scenario, tmp_path):
     finally:
         stop_group(proc)
         log.close()
+
+
+def test_batched_rankings_equal_exact_topk(world_models):
+    """The gate's batched ranking is ExportedModel.exact_topk (inputs excluded, popularity fallback)."""
+    timelines = world_models["eval_set"].inputs + [["no-such-item"], []]
+    for kind in ("popularity", "random", "svd"):
+        model = load_model(world_models["dirs"][kind])
+        assert registry.exact_rankings(model, timelines, 100, chunk=16) == \
+            [model.exact_topk(t, 100)[0] for t in timelines], kind
