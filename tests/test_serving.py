@@ -36,7 +36,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(model_dir, tmp_path_factory):
     model = load_model(model_dir)
-    return model, build_and_measure(model, tmp_path_factory.mktemp("index"), n_trees=20, search_k=3000,
+    return model, build_and_measure(model, tmp_path_factory.mktemp("index"), n_trees=50, search_k=3000,
                                     min_recall=0.95)
 
 
@@ -65,6 +65,16 @@ def test_ann_recall_is_measured_on_held_out_timelines_and_high(built, ann):
     exact = Recommender(model.item_ids, model.V, model.b, model.counts)
     again = measure_recall(ann, exact, model.eval_timelines)
     assert again["recall"] == pytest.approx(index.recall, abs=1e-9)
+
+
+def test_small_k_requests_use_a_validated_cheaper_search_k(built, ann):
+    model, index = built
+    small = index.report["small_k"]
+    assert index.params.small_search_k == small["chosen"] < index.params.search_k
+    assert index.params.search_k_for(10) == small["chosen"] and index.params.search_k_for(11) == 3000
+    exact = Recommender(model.item_ids, model.V, model.b, model.counts)
+    at10 = measure_recall(ann, exact, model.eval_timelines, k=10)["recall"]
+    assert at10 >= small["required"] >= 0.95
 
 
 def test_raw_bias_column_is_worse_than_conditioned_index(model_dir, tmp_path):
