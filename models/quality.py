@@ -17,6 +17,10 @@ Model names:
 - ``led_project_views``: E pre-trained on the training users' views and
   clicks (the second feedback), fine-tuned exactly like ``led_project``.
 
+- ``oracle`` (synthetic worlds only, from ``truth/``): ranks by the generating
+  model's expected clicks ``P(view) · P(click | view)`` with the true tastes,
+  an (approximate) upper bound for every learned model.
+
 ``infer_ms_per_user`` is exact scoring of the whole catalog plus the top-100
 ranking, per test user, for every model.
 """
@@ -40,7 +44,7 @@ METRICS = ("recall@20", "recall@50", "ndcg@100", "coverage@20")
 def known_model(name: str) -> bool:
     from models.led import LOSSES
 
-    fixed = {"popularity", "ease", "mult_vae", "svd_average", "svd_average_bias", "led_project",
+    fixed = {"oracle", "popularity", "ease", "mult_vae", "svd_average", "svd_average_bias", "led_project",
              "led_train_e", "led_no_projection", "led_project_views"}
     return name in fixed or (name.startswith("led_project_") and name[len("led_project_"):] in LOSSES)
 
@@ -85,6 +89,27 @@ def _embeddings_for(spark, split: HeldoutSplit, views, clicks, seed: int, dim: i
     return types.SimpleNamespace(item_ids=split.item_ids, E=E, counts=split.train_counts), info
 
 
+def oracle_scores(truth_dir: Path, split: HeldoutSplit) -> np.ndarray:
+    """Expected clicks of every test user on every catalog item under the synthetic world's truth."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    world = json.loads((truth_dir / "world.json").read_text())
+    items = pq.read_table(truth_dir / "items.parquet").to_pandas().set_index("item_id")
+    users = pq.read_table(truth_dir / "users.parquet").to_pandas().set_index("user_id")
+    items = items.loc[list(split.item_ids)]
+    theta = np.stack(users.loc[list(split.test.user_ids), "theta"].to_numpy()).astype(np.float64)
+    phi = np.stack(items["phi"].to_numpy()).astype(np.float64)
+    topic = items["topic"].to_numpy()
+    pop = items["popularity"].to_numpy(dtype=np.float64)
+    topic_mass = np.bincount(topic, weights=pop, minlength=theta.shape[1])
+    explore = world["explore_share"]
+    p_view = (1 - explore) * theta[:, topic] * (pop / topic_mass[topic])[None, :] + explore * pop[None, :] / pop.sum()
+    logit = world["click_bias"] + world["click_affinity"] * theta @ phi.T + items["quality"].to_numpy()[None, :]
+    return p_view / (1.0 + np.exp(-logit))
+
+
 def _evaluate(name: str, score: Callable, split: HeldoutSplit, train_seconds: float, info: dict) -> dict:
     n = len(split.item_ids)
     start = time.perf_counter()
@@ -94,7 +119,8 @@ def _evaluate(name: str, score: Callable, split: HeldoutSplit, train_seconds: fl
     return row | {"info": info}
 
 
-def run_seed(spark, views, clicks, seed: int, cfg: QualityConfig, progress=_log) -> dict[str, dict]:
+def run_seed(spark, views, clicks, seed: int, cfg: QualityConfig, progress=_log,
+             truth_dir: Path | None = None) -> dict[str, dict]:
     from models import baselines
     from models.led import LedConfig, fine_tune, svd_average
 
@@ -115,7 +141,14 @@ def run_seed(spark, views, clicks, seed: int, cfg: QualityConfig, progress=_log)
 
     for name in cfg.models:
         progress(f"[quality] seed {seed}: {name}")
-        if name == "popularity":
+        if name == "oracle":
+            if truth_dir is None or not (truth_dir / "world.json").is_file():
+                raise ValueError("the oracle needs a synthetic world's truth/ folder next to views/ and clicks/")
+            matrix = oracle_scores(truth_dir, split)
+            cursor = iter(range(len(matrix)))
+            # evaluate_scorer asks for the test users in order, batch by batch
+            fitted = baselines.Fitted("oracle", lambda rows: matrix[[next(cursor) for _ in rows]], 0.0)
+        elif name == "popularity":
             fitted = baselines.fit_popularity(split.train, n)
         elif name == "ease":
             fitted = baselines.fit_ease(split.train, split.valid, n)
@@ -180,14 +213,14 @@ def format_table(models: dict[str, dict]) -> str:
 def run_quality(events_dir: Path, cfg: QualityConfig, spark=None, progress=_log) -> dict:
     """The whole table: ``{"models": {name: figures}, "data": ..., "config": ...}``."""
     views, clicks = load_events(Path(events_dir))
-    needs_spark = any(not m in ("popularity", "ease", "mult_vae") for m in cfg.models)
+    needs_spark = any(m not in ("oracle", "popularity", "ease", "mult_vae") for m in cfg.models)
     if needs_spark and spark is None:
         from infra.spark import get_spark
 
         spark = get_spark()
     per_seed = []
     for k in range(cfg.seeds):
-        per_seed.append(run_seed(spark, views, clicks, 1000 + k, cfg, progress))
+        per_seed.append(run_seed(spark, views, clicks, 1000 + k, cfg, progress, Path(events_dir) / "truth"))
     led = cfg.led.as_dict() if cfg.led is not None else {}
     return {"models": aggregate(per_seed),
             "data": {"events": str(events_dir), "views": views.num_rows, "clicks": clicks.num_rows},

@@ -14,7 +14,8 @@ def register(sub) -> None:
         "quality", help="Recall@20/50, NDCG@100 of LED and baselines on held-out users",
         description="Held-out users (20%% test, 10%% validation, 80/20 fold-in/targets), clicks as positives. "
         "Models: popularity, ease, mult_vae, svd_average, svd_average_bias, led_project, led_project_<loss> "
-        "(bpr, ns, css, multi), led_train_e, led_no_projection, led_project_views. Prints the table "
+        "(bpr, ns, css, multi), led_train_e, led_no_projection, led_project_views, oracle (synthetic worlds). "
+        "Prints the table "
         "(mean ± std over seeds) and ends with one JSON line.")
     q.add_argument("--events", type=Path, required=True, help="event store folder")
     q.add_argument("--seeds", type=int, default=3, help="number of user splits (default 3)")
