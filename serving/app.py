@@ -238,9 +238,8 @@ class Poller(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self.stop_event.is_set():
+        while not self.stop_event.wait(self.interval):
             self.poll_once()
-            self.stop_event.wait(self.interval)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -498,6 +497,9 @@ def serve_forever(settings, sock: socket.socket, cache_dir: Path, local_dir: Pat
     else:
         store = BlueGreenStore.from_settings(settings)  # boto3 clients are not fork-safe: one per process
         poller = Poller(service, store, cache_dir, settings.serve_poll_seconds)
+        # First load before accepting: with several workers on one socket, a worker that is still
+        # downloading would otherwise answer 503 to requests its ready siblings could serve.
+        poller.poll_once()
         poller.start()
     try:
         TRANSPORTS[http](service, sock)
