@@ -10,7 +10,7 @@ the same code. Steps:
    out of the row checks, so one bad day does not hide the others' results;
 3. rows suite per kind over all the window's valid events at once (a few GX
    runs per window instead of one per day keeps the fixed GX cost ~1 s);
-4. window suite over the per-day statistics of ``data_checks.stats``.
+4. window suite per kind over the per-day statistics of ``data_checks.stats``.
 
 Great Expectations runs on pandas: a day's partition fits in memory on one
 machine, the checks are vectorised, and a Spark session would cost ~10 s to
@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,8 +116,6 @@ def validate_window(events_dir: str | Path, run_date: str | dt.date, window_days
     store, bad date or window, no partition of either kind in the window).
     Data problems never raise: they are failed checks in the result.
     """
-    import time
-
     from infra.settings import get_settings
 
     started = time.monotonic()
@@ -141,7 +140,9 @@ def validate_window(events_dir: str | Path, run_date: str | dt.date, window_days
                 _accept_history(p)
         checks += _row_checks(gate, kind, window_parts, now)
     summary = stats.day_summary(parts, settings.volume_min_active_users)
-    checks += gate.run(suites.suite_name("window"), summary, index_columns=["kind", "date"])
+    for kind in suites.KINDS:  # one run per kind, so every failure names its kind
+        checks += gate.run(suites.suite_name("window"), summary[summary["kind"] == kind].reset_index(drop=True),
+                           kind=kind, index_columns=["date"])
 
     result = ValidationResult(
         success=all(c.success for c in checks), run_date=day.isoformat(),
@@ -265,8 +266,25 @@ class _GxGate:
         res = cp.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {})
         out = []
         for vr in res.run_results.values():
-            out += [_to_check(r, suite_name, kind, index_columns or []) for r in vr.results]
+            for r in vr.results:
+                check = _to_check(r, suite_name, kind, index_columns or [])
+                if "date" in (index_columns or []) and (check.unexpected_count or 0) > MAX_EXAMPLES:
+                    check.days = self._all_failing_days(suite_name, r.expectation_config, frame, parameters)
+                out.append(check)
         return out
+
+    def _all_failing_days(self, suite_name: str, config, frame: pd.DataFrame, parameters) -> list[str]:
+        """Every day with an unexpected row (the summary only lists the days of its few examples).
+
+        Only runs for failed expectations with more unexpected rows than examples, so a clean
+        window never pays for it; COMPLETE lists every unexpected row's index columns."""
+        batch = self.source.get_asset(suite_name).get_batch_definition("frame") \
+            .get_batch(batch_parameters={"dataframe": frame})
+        r = batch.validate(config.to_domain_obj(), expectation_parameters=parameters or {},
+                           result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["date"],
+                                          "return_unexpected_index_query": False})
+        return sorted({e["date"] for e in (r.result or {}).get("unexpected_index_list") or []
+                       if isinstance(e, dict) and "date" in e})
 
     def build_docs(self, folder: Path) -> Path:
         self.ctx.add_data_docs_site(site_name=self.SITE, site_config={

@@ -212,7 +212,7 @@ def test_report_has_data_docs_and_result_json(small_world, tmp_path):
     index = Path(result.report_path)
     assert index == tmp_path / "run" / "validation" / "index.html" and index.is_file()
     pages = list((index.parent / "validations").rglob("*.html"))
-    assert len(pages) >= 5  # schema + rows per kind, and the window suite
+    assert len(pages) >= 6  # schema, rows and window suites per kind
     saved = json.loads((index.parent / "result.json").read_text())
     assert saved["success"] is True and saved["report_path"] == str(index)
     # a second run replaces the report atomically (no staging folder left behind)
@@ -297,3 +297,11 @@ def test_movielens_replay_passes(ml100k_dir, tmp_path):
     no_floor = validate_window(store, days[-1] + dt.timedelta(days=1), span,
                                settings=Settings(volume_min_active_users=0))
     assert {suites.VOLUME_NOT_BELOW, suites.VOLUME_NOT_ABOVE} <= set(no_floor.failed_checks)
+
+
+def test_future_is_relative_to_the_validation_time(small_world):
+    """Validating at 2026-01-09 00:00 UTC: the events of the 9th and 10th are in the future."""
+    now = dt.datetime(2026, 1, 9, tzinfo=dt.timezone.utc)
+    result = validate_window(small_world, RUN_DATE, WINDOW, settings=SETTINGS, now=now)
+    assert result.failed_checks == [suites.TS_NOT_IN_FUTURE]
+    assert {d for c in result.failed for d in c.days} == {"2026-01-09", "2026-01-10"}
