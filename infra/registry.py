@@ -243,6 +243,40 @@ def card_params(card: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _walk(card: dict[str, Any], prefix: str = ""):
+    """(dotted path, value) of every leaf of a nested dict."""
+    for key, value in card.items():
+        if isinstance(value, dict):
+            yield from _walk(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def card_figures(card: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics, timings) the model card carries outside ``metrics``: the SVD explained variance
+    and every ``timings`` block / ``*_seconds`` figure (e.g. the pre-training stages)."""
+    metrics, timings = {}, {}
+    for path, value in _walk({k: v for k, v in card.items() if k != "metrics"}):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        parts = path.split(".")
+        if parts[-1] == "explained_variance":
+            metrics["svd_explained_variance"] = float(value)
+        elif "timings" in parts[:-1]:
+            timings[".".join(p for p in parts if p != "timings")] = float(value)
+        elif parts[-1].endswith("_seconds"):
+            timings[".".join(parts[:-1] + [parts[-1].removesuffix("_seconds")])] = float(value)
+    return metrics, timings
+
+
+def card_run_date(card: dict[str, Any]) -> str | None:
+    """The run date an exporter wrote in the card (top level, ``data_window`` or ``window``)."""
+    for source in (card, card.get("data_window") or {}, card.get("window") or {}):
+        if isinstance(source, dict) and source.get("run_date"):
+            return str(source["run_date"])
+    return None
+
+
 def _log_params(params: dict[str, Any]) -> None:
     import mlflow
 
@@ -276,15 +310,21 @@ def training_curve_png(history: Sequence[dict[str, Any]], out: Path) -> Path | N
     loss_keys = [k for k in keys if "loss" in k]
     # validation metrics only: counters such as examples or seconds would flatten the [0, 1] curves
     other = [k for k in keys if k not in loss_keys and (k.startswith("val") or "_at_" in k)]
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 4))
+    colors = iter(f"C{i}" for i in range(100))  # one colour per curve across both axes
     for k in loss_keys:
-        ax.plot(epochs, [_finite_numbers(r).get(k, math.nan) for r in rows], marker="o", label=k)
+        ax.plot(epochs, [_finite_numbers(r).get(k, math.nan) for r in rows], marker="o", label=k,
+                color=next(colors))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if other:
         ax2 = ax.twinx()
         for k in other:
-            ax2.plot(epochs, [_finite_numbers(r).get(k, math.nan) for r in rows], marker="s", ls="--", label=k)
+            ax2.plot(epochs, [_finite_numbers(r).get(k, math.nan) for r in rows], marker="s", ls="--", label=k,
+                     color=next(colors))
         ax2.set_ylabel("validation")
         ax2.legend(loc="upper right", fontsize=8)
     if loss_keys:
@@ -321,6 +361,41 @@ def _load_exported(model_dir: Path) -> "ExportedModel":
 
 
 # --------------------------------------------------------------------------- logging a training
+def _log_files(model_dir: Path, reports: list[Path], history: list[dict[str, Any]], tmp: Path) -> None:
+    """Exported arrays + card under ``exported/``, reports under ``reports/``, curve under ``plots/``."""
+    import mlflow
+
+    mlflow.log_artifacts(str(model_dir), artifact_path="exported")
+    for path in reports:
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=f"reports/{path.name}")
+        else:
+            mlflow.log_artifact(str(path), artifact_path="reports")
+    if history:
+        (tmp / "history.json").write_text(json.dumps(history, default=str, indent=1))
+        mlflow.log_artifact(str(tmp / "history.json"), artifact_path="plots")
+    png = training_curve_png(history, tmp / "training_curve.png")
+    if png is not None:
+        mlflow.log_artifact(str(png), artifact_path="plots")
+
+
+def _log_pyfunc(model_dir: Path, registered_name: str, tmp: Path) -> str:
+    """Log the pyfunc model (from code, arrays as its artifact) in the active run; the new version."""
+    import mlflow
+
+    from models.pyfunc import ARTIFACT_KEY, signature
+
+    code_file, package = _stage_pyfunc_code(tmp)
+    with warnings.catch_warnings():  # input-example advice: the explicit signature is the contract
+        warnings.simplefilter("ignore", UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(code_file), code_paths=[str(package)],
+            artifacts={ARTIFACT_KEY: str(model_dir)}, signature=signature(),
+            registered_model_name=registered_name, pip_requirements=_pip_requirements(),
+        )
+    return str(info.registered_model_version)
+
+
 def log_training_run(settings: "Settings", model_dir: Path, run_date: str | dt.date,
                      params: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                      history: Sequence[dict[str, Any]] | None = None, timings: dict[str, float] | None = None,
@@ -335,9 +410,11 @@ def log_training_run(settings: "Settings", model_dir: Path, run_date: str | dt.d
     """
     import mlflow
 
+    from infra.events import parse_date
+
     model_dir = Path(model_dir).resolve()
     model = _load_exported(model_dir)
-    run_date = str(run_date)
+    run_date = parse_date(run_date).isoformat()
     extra = [Path(p) for p in artifacts]
     missing = [str(p) for p in extra if not p.exists()]
     if missing:
@@ -349,9 +426,10 @@ def log_training_run(settings: "Settings", model_dir: Path, run_date: str | dt.d
     all_params = card_params(card) | {
         "run_date": run_date, "vocabulary_size": len(model.item_ids), "d": model.dim, "git_commit": commit,
     } | dict(params or {})
-    final = _finite_numbers(card.get("metrics", {})) | _finite_numbers(metrics or {})
+    card_metrics, card_timings = card_figures(card)
+    final = card_metrics | _finite_numbers(card.get("metrics", {})) | _finite_numbers(metrics or {})
     history = list(history if history is not None else card.get("history", []) or [])
-    timings = dict(timings if timings is not None else card.get("timings", {}) or {})
+    timings = card_timings | dict(timings or {})
     name = settings.mlflow_model_name
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"led-{run_date}",
@@ -367,29 +445,8 @@ def log_training_run(settings: "Settings", model_dir: Path, run_date: str | dt.d
         if timings:
             mlflow.log_metrics({f"seconds/{metric_name(k)}": v for k, v in _finite_numbers(timings).items()})
         _log_history(history)
-        mlflow.log_artifacts(str(model_dir), artifact_path="exported")
-        for path in extra:
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=f"reports/{path.name}")
-            else:
-                mlflow.log_artifact(str(path), artifact_path="reports")
-        if history:
-            (Path(tmp) / "history.json").write_text(json.dumps(history, default=str, indent=1))
-            mlflow.log_artifact(str(Path(tmp) / "history.json"), artifact_path="plots")
-        png = training_curve_png(history, Path(tmp) / "training_curve.png")
-        if png is not None:
-            mlflow.log_artifact(str(png), artifact_path="plots")
-        code_file, package = _stage_pyfunc_code(Path(tmp))
-        from models.pyfunc import ARTIFACT_KEY, signature
-
-        with warnings.catch_warnings():  # type-hint / input-example advice does not apply to this model
-            warnings.simplefilter("ignore", UserWarning)
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(code_file), code_paths=[str(package)],
-                artifacts={ARTIFACT_KEY: str(model_dir)}, signature=signature(),
-                registered_model_name=name, pip_requirements=_pip_requirements(),
-            )
-        version = str(info.registered_model_version)
+        _log_files(model_dir, extra, history, Path(tmp))
+        version = _log_pyfunc(model_dir, name, Path(tmp))
         mlflow.set_tag("model_version", version)
         run_id = run.info.run_id
 

@@ -67,7 +67,7 @@ def run(args) -> int:
         raise UserError("--eval-set FILE is required for the gate (or pass --no-gate)")
     eval_set = registry.load_eval_set(args.eval_set) if not args.no_gate else None
     card = _json_file(args.model / "model_card.json", "model") if (args.model / "model_card.json").is_file() else {}
-    run_date = parse_date(args.run_date or card.get("run_date") or dt.date.today().isoformat())
+    run_date = parse_date(args.run_date or registry.card_run_date(card) or dt.date.today().isoformat())
     log(f"[register] logging {args.model} for {run_date} to {settings.mlflow_tracking_uri}")
     info = registry.log_training_run(
         settings, args.model, run_date, params=_json_file(args.params, "params"),
