@@ -1,25 +1,21 @@
 """`make run`: the main job on the embedded defaults.
 
-Generates a synthetic week (the embedded default world) into LED_HOME/demo/events,
-replacing the previous demo, and prints its statistics. Nothing external is imported.
+A short simulation of the whole product (`led simulate`): a synthetic world with
+catalog and user churn, the daily flow through the local stack (started if
+needed, stopped afterwards), a running `led serve` queried between days, and
+at the end where to look: the Prefect UI, the MLflow UI and the serving URL.
 """
 from __future__ import annotations
 
-import shutil
 import sys
 
 from cli.main import main as led
-from infra.settings import get_settings
+
+DEMO = ["simulate", "--days", "6", "--warmup", "3"]
 
 
 def main() -> int:
-    events = get_settings().home / "demo" / "events"
-    shutil.rmtree(events, ignore_errors=True)  # the demo folder is ours: rerunning replaces it
-    code = led(["generate", "--out", str(events), "--days", "7"])
-    if code == 0:
-        code = led(["stats", "--events", str(events)])
-    print(f"\nDemo event store: {events}", file=sys.stderr)
-    return code
+    return led(DEMO + sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         self.events_dir = (self.events_dir or self.home / "events").expanduser().resolve()
         self.work_dir = (self.work_dir or self.home / "work").expanduser().resolve()
         self.stack_dir = (self.stack_dir or self.home / "stack").expanduser().resolve()
+        # Unless set explicitly, the service URLs follow the local stack's ports.
+        derived = {"mlflow_tracking_uri": self.mlflow_url, "prefect_api_url": self.prefect_url,
+                   "s3_endpoint_url": self.moto_url}
+        for name, url in derived.items():
+            if name not in self.model_fields_set:
+                setattr(self, name, url)
 
     # --- derived -------------------------------------------------------------
     @property

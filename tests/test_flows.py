@@ -1,0 +1,163 @@
+"""The daily Prefect flow against the real local stack (Prefect server, MLflow server, moto S3).
+
+Flows run in subprocesses (`led run`, `led worker`, `led simulate`), as users run them: each
+process configures Prefect from the settings before importing it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--param", "dim=16", "--param", "epochs=2", "--param", "num_negatives=100", "--param", "batch_size=256"]
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+def led(*args: str, timeout: float = 900) -> tuple[int, dict | None, str]:
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=os.environ.copy())
+    lines = proc.stdout.strip().splitlines()
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        last = None
+    return proc.returncode, last, proc.stdout + proc.stderr
+
+
+def prefect_api(settings, path: str, body: dict | None = None):
+    req = urllib.request.Request(f"{settings.prefect_api_url}{path}", json.dumps(body or {}).encode(),
+                                 {"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def world(local_stack, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flows") / "events"
+    code, res, log = led("generate", "--out", out, "--days", 8, "--users", 1500, "--items", 400, "--seed", 5)
+    assert code == 0, log
+    return out
+
+
+def test_run_then_rerun_is_cached_and_replaces_cleanly(local_stack, world):
+    code, first, log = led("run", "--events", world, "--date", "2026-01-08", *FAST)
+    assert code == 0, log[-3000:]
+    assert first["state"] == "COMPLETED" and first["promoted"] and first["pushed_slot"] in ("blue", "green")
+    assert 0 < first["ndcg@100"] <= 1 and first["model_version"]
+    code, again, log = led("run", "--events", world, "--date", "2026-01-08", *FAST)
+    assert code == 0 and again["state"] == "COMPLETED"
+    assert "pretrain" in log and "Cached(type=COMPLETED)" in log
+    assert again["ndcg@100"] == first["ndcg@100"]  # same inputs, same model
+    assert again["seconds"]["pretrain"] < 5 and again["seconds"]["fine-tune"] < 5
+
+
+def test_validation_failure_stops_before_training(local_stack, world, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "events"
+    shutil.copytree(world, bad)
+    part = bad / "views" / "date=2026-01-07" / "part-0.parquet"
+    table = pq.read_table(part)
+    pq.write_table(table.slice(0, table.num_rows // 20), part)  # a 95% volume drop
+    code, res, log = led("run", "--events", bad, "--date", "2026-01-08", *FAST)
+    assert code == 1 and res["state"] == "FAILED" and res["validation_failed"], log[-2000:]
+    assert "Task run 'pretrain" not in log and "Task run 'fine-tune" not in log
+
+
+def test_kill_during_fine_tuning_then_rerun_skips_pretraining(local_stack, world):
+    cmd = [sys.executable, "-m", "cli.main", "run", "--events", str(world), "--date", "2026-01-07",
+           "--param", "dim=24", "--param", "epochs=30", "--param", "num_negatives=100"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:
+        seen.append(line)
+        if "epoch 1/" in line:  # fine-tuning is under way: pre-training has finished and been persisted
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "fine-tuning never started"
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
+    assert any("pretrain" in line and "Completed" in line for line in seen)
+
+    code, res, log = led("run", "--events", world, "--date", "2026-01-07",
+                         "--param", "dim=24", "--param", "epochs=2", "--param", "num_negatives=100")
+    assert code == 0, log[-3000:]
+    pre = [line for line in log.splitlines() if "Task run 'pretrain" in line and "Finished" in line]
+    assert pre and "Cached" in pre[-1], pre
+    assert res["seconds"]["pretrain"] < 5
+
+
+def test_deployment_custom_run_through_worker(local_stack, world):
+    code, res, log = led("deploy")
+    assert code == 0 and res["deployment"] == "led-daily/daily", log[-2000:]
+    worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True,
+                              env=os.environ.copy() | {"PREFECT_WORKER_QUERY_SECONDS": "2"})
+    try:
+        deployments = prefect_api(local_stack, "/deployments/filter",
+                                  {"deployments": {"name": {"any_": ["daily"]}}})
+        dep = deployments[0]
+        assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+        assert set(dep["parameter_openapi_schema"]["properties"]) >= {"run_date", "dim", "loss", "n_trees"}
+        params = {"run_date": "2026-01-08", "events_dir": str(world), "dim": 12, "epochs": 1,
+                  "num_negatives": 50, "loss": "ns"}
+        run = prefect_api(local_stack, f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})
+        state = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{local_stack.prefect_api_url}/flow_runs/{run['id']}", timeout=10) as r:
+                flow_run = json.loads(r.read())
+            state = flow_run["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert state == "COMPLETED", flow_run["state"]
+        assert flow_run["name"] == "led-daily-2026-01-08" and flow_run["parameters"]["loss"] == "ns"
+        artifacts = prefect_api(local_stack, "/artifacts/filter",
+                                {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        keys = {a["key"] for a in artifacts}
+        assert {"daily-report", "daily-metrics", "validation"} <= keys
+        report = next(a for a in artifacts if a["key"] == "daily-report")["data"]
+        assert "Gate:" in report and "MLflow run" in report
+
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=local_stack.mlflow_tracking_uri)
+        exp = client.get_experiment_by_name(local_stack.mlflow_experiment)
+        runs = client.search_runs([exp.experiment_id], filter_string="params.loss = 'ns'")
+        assert runs and runs[0].data.params["d"] == "12"
+    finally:
+        for _ in range(2):  # a Prefect worker needs two signals to exit
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGINT)
+                try:
+                    worker.wait(15)
+                except subprocess.TimeoutExpired:
+                    pass
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+
+
+def test_fourteen_day_simulation_with_faults(local_stack):
+    code, res, log = led("simulate", "--days", 14, "--warmup", 3, "--users", 1500, "--items", 400,
+                         "--bad-data-days", 6, "--bad-model-days", 9, "--queries", 50,
+                         "--serve-port", free_port(), *FAST, timeout=3000)
+    assert code == 0, log[-4000:]
+    assert res["days"] == 14 and res["runs"] == 12 and len(res["ndcg@100"]) == 12
+    assert res["validation_failures"] >= 1 and res["gate_rejections"] >= 1
+    assert res["serving_errors"] == 0 and res["serving_queries"] > 0 and res["failed_runs"] == 0
+    assert res["pushes"] >= 1
