@@ -104,14 +104,15 @@ def world_models(small_world, tmp_path_factory) -> dict:
 # --------------------------------------------------------------------------- the MLflow server
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on a free port (SQLite + local artifacts); killed with its process group."""
+    """``mlflow server`` on a free port, configured like ``led stack``: SQLite backend, artifacts
+    proxied by the server (``mlflow-artifacts:/`` URIs) into a local folder; killed with its process group."""
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [str(MLFLOW_BIN), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--default-artifact-root", str(root / "artifacts")],
+         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         # the registry needs no server-side jobs: without the huey job runners startup is ~2x faster
         env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
@@ -147,6 +148,16 @@ def stop_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=10)
+
+
+def stored_path(server, artifact_uri: str) -> Path:
+    """Where the server keeps an artifact URI on disk (proxied ``mlflow-artifacts:`` or plain ``file:``)."""
+    if artifact_uri.startswith("file://"):
+        return Path(artifact_uri.removeprefix("file://"))
+    relative = artifact_uri.split(":", 1)[1].lstrip("/")
+    if artifact_uri.startswith("mlflow-artifacts://"):  # mlflow-artifacts://host:port/path
+        relative = relative.split("/", 1)[1]
+    return server["root"] / "artifacts" / relative
 
 
 def server_settings(server, tmp_path, model_name: str) -> Settings:
@@ -295,7 +306,7 @@ def test_corrupted_or_missing_champion_artifact_refuses_promotion(mlflow_server,
     assert registry.gate(settings, first.model_version, world_models["eval_set"]).promoted
     client = MlflowClient(settings.mlflow_tracking_uri)
     source = client.get_model_version(settings.mlflow_model_name, first.model_version).source
-    stored = Path(client.get_logged_model(source.split("/")[-1]).artifact_location.removeprefix("file://"))
+    stored = stored_path(mlflow_server, client.get_logged_model(source.split("/")[-1]).artifact_location)
     (v_file,) = stored.rglob("V.npy")
     v_file.write_bytes(b"\x93NUMPY garbage")  # truncated / corrupted array
 
