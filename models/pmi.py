@@ -54,6 +54,7 @@ class PMIResult:
     matrix: BlockSparse          # PPMI over the kept items (rows and cols in item_ids order)
     item_ids: np.ndarray         # kept item ids, sorted
     counts: np.ndarray           # int64 views per kept item
+    frobenius_sq: float          # ‖PPMI‖²_F, exact
     sizes: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
@@ -70,65 +71,81 @@ def item_counts(views):
     return ids, pdf["n"].to_numpy().astype(np.int64)[order]
 
 
-def capped_timelines(spark, views, item_ids: np.ndarray, max_timeline: int, seed: int):
-    """DataFrame (n: distinct items before the cap, items: array<int> of at most T indices)."""
+def indexed_views(spark, views, item_ids: np.ndarray, seed: int):
+    """DataFrame (user_id, idx, key): item index by broadcast join; key orders a user's items.
+
+    key is the view time (later = more recent = kept first by the cap); without
+    timestamps it is a seeded hash of (user, item), i.e. a random but
+    reproducible order.
+    """
     import pandas as pd
     from pyspark.sql import functions as F
 
     index = spark.createDataFrame(pd.DataFrame({"item_id": item_ids, "idx": np.arange(len(item_ids), dtype=np.int32)}))
-    has_ts = "ts" in views.columns
-    pairs = views.join(F.broadcast(index), "item_id")
-    if has_ts:
-        # Most recent first: the order key is the last time the user viewed the item.
-        pairs = pairs.groupBy("user_id", "idx").agg(F.max("ts").cast("long").alias("key"))
-    else:
-        pairs = pairs.select("user_id", "idx").distinct().withColumn(
-            "key", F.xxhash64("user_id", "idx", F.lit(seed)))
-    per_user = pairs.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct("key", "idx")), asc=False).alias("s"))
-    return per_user.select(
-        F.size("s").alias("n"),
-        F.transform(F.slice("s", 1, max_timeline), lambda x: x["idx"]).alias("items"),
-    )
+    joined = views.join(F.broadcast(index), "item_id")
+    key = F.unix_micros(F.col("ts")) if "ts" in views.columns else F.xxhash64("user_id", "idx", F.lit(seed))
+    return joined.select("user_id", "idx", key.alias("key"))
 
 
-def _route_to_blocks(offsets: np.ndarray):
-    """mapInArrow function: send each timeline to every row block it touches.
+def capped_timelines(user: np.ndarray, item: np.ndarray, key: np.ndarray, max_timeline: int):
+    """Per-user distinct items, most recent (largest key) first, capped at max_timeline.
 
-    Output rows (block, payload): payload is int32 [n_users, lengths..., items...].
+    Returns (lengths per user after the cap, concatenated items, distinct items per user before the cap).
+    """
+    n_items = int(item.max()) + 1 if len(item) else 1
+    pair = user.astype(np.int64) * n_items + item
+    order = np.lexsort((-key, pair))  # by pair, newest view first
+    pair, key = pair[order], key[order]
+    first = np.r_[True, pair[1:] != pair[:-1]]
+    pair, key = pair[first], key[first]
+    user, item = pair // n_items, (pair % n_items).astype(np.int32)
+    order = np.lexsort((-key, user))  # by user, newest item first
+    user, item = user[order], item[order]
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    distinct = np.diff(np.r_[starts, len(user)])
+    rank = np.arange(len(user)) - np.repeat(starts, distinct)
+    kept = rank < max_timeline
+    return np.minimum(distinct, max_timeline), item[kept], distinct
+
+
+def _route_to_blocks(offsets: np.ndarray, max_timeline: int, stats_acc):
+    """mapInArrow function over users' views: dedupe, cap, then route each timeline to its blocks.
+
+    Output rows (block, payload): payload is int32 [n_users, lengths..., items...]
+    holding every timeline that touches the block. Statistics go to an accumulator.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     n_blocks = len(offsets) - 1
 
     def route(batches):
-        lengths, flats = [], []
-        for batch in batches:
-            col = batch.column(batch.schema.get_field_index("items"))
-            flat = col.values.to_numpy(zero_copy_only=False).astype(np.int32)
-            offs = col.offsets.to_numpy()
-            lengths.append(np.diff(offs).astype(np.int32))
-            flats.append(flat[offs[0]:offs[-1]])
-        if not lengths:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
             return
-        length = np.concatenate(lengths)
-        flat = np.concatenate(flats)
-        start = np.concatenate([[0], np.cumsum(length)])
-        user = np.repeat(np.arange(len(length)), length)
+        table = pa.Table.from_batches(batches)
+        user = pc.dictionary_encode(table.column("user_id")).combine_chunks().indices.to_numpy()
+        length, flat, distinct = capped_timelines(
+            user, table.column("idx").to_numpy().astype(np.int32), table.column("key").to_numpy(), max_timeline)
+        del table, user
+        stats_acc.add(np.array([len(length), distinct.sum(), np.sum(distinct > max_timeline),
+                                np.sum(length.astype(np.int64) ** 2)], dtype=np.int64))
+        start = np.r_[0, np.cumsum(length)]
+        owner = np.repeat(np.arange(len(length)), length)
         block = np.searchsorted(offsets, flat, side="right") - 1
-        touched = np.unique(user.astype(np.int64) * n_blocks + block)
+        touched = np.unique(owner.astype(np.int64) * n_blocks + block)
         out_blocks, out_payloads = [], []
         for b in range(n_blocks):
             users = touched[touched % n_blocks == b] // n_blocks
             if len(users) == 0:
                 continue
             sel = length[users]
-            take = np.concatenate([np.arange(start[u], start[u + 1]) for u in users])
-            payload = np.concatenate([[len(users)], sel, flat[take]]).astype(np.int32)
+            # Positions of the selected users' items: each user's start plus 0..len-1.
+            take = np.repeat(start[users] - np.r_[0, np.cumsum(sel)[:-1]], sel) + np.arange(sel.sum())
             out_blocks.append(b)
-            out_payloads.append(payload.tobytes())
+            out_payloads.append(np.concatenate([[len(users)], sel, flat[take]]).astype(np.int32).tobytes())
         yield pa.RecordBatch.from_arrays(
-            [pa.array(out_blocks, pa.int32()), pa.array(out_payloads, pa.large_binary())],
+            [pa.array(out_blocks, pa.int32()), pa.array(out_payloads, pa.binary())],
             names=["block", "payload"])
 
     return route
@@ -163,13 +180,19 @@ def _cooccurrence_block(offsets: np.ndarray, n_items: int):
     return compute
 
 
-def cooccurrence_blocks(spark, timelines, offsets: np.ndarray, n_items: int):
-    """Cached RDD of (block, C_b CSR int32 (rows of block b) × I)."""
+def cooccurrence_blocks(spark, views_idx, offsets: np.ndarray, n_items: int, max_timeline: int, stats_acc):
+    """Cached RDD of (block, C_b CSR int32 (rows of block b) × I).
+
+    One shuffle of the raw (user, item, key) rows brings each user's views to one
+    partition, then a second, much smaller one sends the capped timelines to blocks.
+    """
     from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
 
     n_blocks = len(offsets) - 1
     schema = StructType([StructField("block", IntegerType()), StructField("payload", BinaryType())])
-    routed = timelines.select("items").mapInArrow(_route_to_blocks(offsets), schema)
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    routed = views_idx.repartition(partitions, "user_id").mapInArrow(
+        _route_to_blocks(offsets, max_timeline, stats_acc), schema)
     return (
         routed.rdd.map(lambda row: (int(row[0]), bytes(row[1])))
         .partitionBy(n_blocks, lambda b: b)
@@ -178,20 +201,33 @@ def cooccurrence_blocks(spark, timelines, offsets: np.ndarray, n_items: int):
     )
 
 
+class _ArrayAccumulator:
+    """AccumulatorParam for fixed-size int64 numpy arrays (timeline statistics)."""
+
+    def zero(self, value):
+        return np.zeros_like(value)
+
+    def addInPlace(self, a, b):
+        a += b
+        return a
+
+
 # --- PMI ------------------------------------------------------------------------
 
-def _row_sums(blocks, offsets: np.ndarray, n_items: int, col_mask_bc=None) -> np.ndarray:
-    """Σ_j c_ij for every item (over the columns in the mask when one is given)."""
+def _row_sums(blocks, offsets: np.ndarray, n_items: int, col_mask_bc=None) -> tuple[np.ndarray, int]:
+    """(Σ_j c_ij for every item, over the columns in the mask when one is given; total nnz)."""
 
     def sums(kv):
         b, c = kv
         weights = np.ones(c.shape[1], np.int64) if col_mask_bc is None else col_mask_bc.value.astype(np.int64)
-        return b, np.asarray(c @ weights, dtype=np.int64)
+        return b, np.asarray(c @ weights, dtype=np.int64), c.nnz
 
     out = np.zeros(n_items, dtype=np.int64)
-    for b, s in blocks.map(sums).collect():
+    nnz = 0
+    for b, s, block_nnz in blocks.map(sums).collect():
         out[offsets[b]:offsets[b + 1]] = s
-    return out
+        nnz += block_nnz
+    return out, nnz
 
 
 def _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z: float, alpha: float,
@@ -215,52 +251,40 @@ def _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z: float
 
 
 def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_timeline: int = 200,
-              seed: int = 42, n_blocks: int | None = None) -> PMIResult:
+              seed: int = 42, n_blocks: int | None = None, min_items: int = 2) -> PMIResult:
     """Distributed PPMI of the item co-occurrence of ``views`` (user_id, item_id[, ts])."""
     import time
-
-    from pyspark.sql import functions as F
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     all_ids, all_counts = item_counts(views)
     n_items = len(all_ids)
     timings["item_index"] = time.perf_counter() - t0
-    if n_items == 0:
-        raise ValueError("no views")
-
-    t0 = time.perf_counter()
-    timelines = capped_timelines(spark, views, all_ids, max_timeline, seed).cache()
-    stats = timelines.agg(
-        F.count(F.lit(1)).alias("users"),
-        F.sum("n").alias("pairs"),
-        F.sum((F.col("n") > max_timeline).cast("long")).alias("capped_users"),
-        F.max("n").alias("longest"),
-        F.sum(F.size("items").cast("long") * F.size("items")).alias("work"),
-    ).first().asDict()
-    if stats["capped_users"]:
-        log.warning("capped %d of %d timelines to the %d most recent items (longest had %d)",
-                    stats["capped_users"], stats["users"], max_timeline, stats["longest"])
-    timings["timelines"] = time.perf_counter() - t0
+    if n_items < max(min_items, 1):
+        raise ValueError(f"only {n_items} distinct items in the views, {max(min_items, 1)} are needed")
 
     t0 = time.perf_counter()
     sc = spark.sparkContext
     if n_blocks is None:
         n_blocks = max(int(spark.conf.get("spark.sql.shuffle.partitions")), math.ceil(n_items / 2500))
     offsets = even_offsets(n_items, n_blocks)
-    c_blocks = cooccurrence_blocks(spark, timelines, offsets, n_items)
-    r = _row_sums(c_blocks, offsets, n_items)
-    timelines.unpersist()
-    nnz = int(c_blocks.map(lambda kv: kv[1].nnz).sum())
+    stats_acc = sc.accumulator(np.zeros(4, dtype=np.int64), _ArrayAccumulator())
+    c_blocks = cooccurrence_blocks(spark, indexed_views(spark, views, all_ids, seed), offsets, n_items,
+                                   max_timeline, stats_acc)
+    r, nnz = _row_sums(c_blocks, offsets, n_items)
+    n_users, pairs, capped, work = (int(v) for v in stats_acc.value)
+    if capped:
+        log.warning("capped %d of %d timelines to their %d most recent items", capped, n_users, max_timeline)
     timings["cooccurrence"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     keep = r >= min_count
-    r_kept = _row_sums(c_blocks, offsets, n_items, sc.broadcast(keep)) * keep
+    r_kept = _row_sums(c_blocks, offsets, n_items, sc.broadcast(keep))[0] * keep
     keep &= r_kept > 0
-    if keep.sum() < 2:
+    if keep.sum() < max(min_items, 2):
         c_blocks.unpersist()
-        raise ValueError(f"only {int(keep.sum())} items have at least min_count={min_count} co-occurrences")
+        raise ValueError(f"only {int(keep.sum())} items have at least min_count={min_count} co-occurrences, "
+                         f"{max(min_items, 2)} are needed")
     r_kept = r_kept[keep].astype(np.float64)
     log_r = np.log(r_kept)
     log_z = float(np.log(np.sum(r_kept ** smoothing)))
@@ -268,17 +292,19 @@ def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_tim
     kept_offsets = np.concatenate([[0], np.cumsum([keep[offsets[b]:offsets[b + 1]].sum() for b in range(len(offsets) - 1)])])
     rows = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=False).cache()
     cols = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=True).cache()
-    pmi_nnz = int(rows.map(lambda kv: kv[1].nnz).sum())
-    cols.count()
+    pmi_nnz, frobenius_sq = rows.map(
+        lambda kv: (kv[1].nnz, float(np.square(kv[1].data, dtype=np.float64).sum()))
+    ).reduce(lambda x, y: (x[0] + y[0], x[1] + y[1]))
+    cols.count()  # materialise before C is dropped
     c_blocks.unpersist()
     timings["pmi"] = time.perf_counter() - t0
 
     sizes = {
-        "users": int(stats["users"]), "items_in_input": n_items, "items": int(keep.sum()),
+        "users": n_users, "items_in_input": n_items, "items": int(keep.sum()),
         "dropped_items": int(n_items - keep.sum()), "views": int(all_counts.sum()),
-        "user_item_pairs": int(stats["pairs"] or 0), "capped_users": int(stats["capped_users"] or 0),
-        "max_timeline": max_timeline, "cooccurrence_work": int(stats["work"] or 0),
+        "user_item_pairs": pairs, "capped_users": capped,
+        "max_timeline": max_timeline, "cooccurrence_work": work,
         "cooccurrence_nnz": nnz, "pmi_nnz": pmi_nnz, "blocks": len(offsets) - 1,
     }
     matrix = BlockSparse(rows, cols, kept_offsets.astype(np.int64), kept_offsets.astype(np.int64))
-    return PMIResult(matrix, all_ids[keep], all_counts[keep], sizes, timings)
+    return PMIResult(matrix, all_ids[keep], all_counts[keep], float(frobenius_sq), sizes, timings)

@@ -157,15 +157,15 @@ def pretrain(spark, views, cfg: PretrainConfig) -> Embeddings:
         raise ValueError(f"views lack columns {sorted(missing)} (have {views.columns})")
     views = views.select(*[c for c in ("user_id", "item_id", "ts") if c in views.columns]).where(
         "user_id IS NOT NULL AND item_id IS NOT NULL")
-    pmi = build_pmi(spark, views, min_count=cfg.min_count, smoothing=cfg.smoothing,
-                    max_timeline=cfg.max_timeline, seed=cfg.seed)
+    try:
+        pmi = build_pmi(spark, views, min_count=cfg.min_count, smoothing=cfg.smoothing,
+                        max_timeline=cfg.max_timeline, seed=cfg.seed, min_items=cfg.dim)
+    except ValueError as exc:
+        raise ValueError(f"{exc} for {cfg.dim}-dimensional embeddings (lower dim or min_count, "
+                         "or widen the window)") from None
     n_items = len(pmi.item_ids)
-    if n_items < cfg.dim:
-        pmi.matrix.unpersist()
-        raise ValueError(f"only {n_items} items kept after min_count={cfg.min_count}: "
-                         f"cannot build {cfg.dim}-dimensional embeddings (lower --dim or min_count)")
     t0 = time.perf_counter()
-    frob = pmi.matrix.frobenius_sq()
+    frob = pmi.frobenius_sq
     svd = randomized_svd(spark.sparkContext, pmi.matrix, cfg.dim, cfg.oversampling, cfg.power_iters, cfg.seed)
     pmi.matrix.unpersist()
     timings = dict(pmi.timings, rsvd=time.perf_counter() - t0)
@@ -173,6 +173,7 @@ def pretrain(spark, views, cfg: PretrainConfig) -> Embeddings:
     explained = float(np.sum(svd.s ** 2) / frob) if frob > 0 else 0.0
     timings["total"] = time.perf_counter() - start
     sizes = dict(pmi.sizes, dim=cfg.dim, k=svd.stats["k"], products=svd.stats["products"],
+                 qr_passes=svd.stats["qr_passes"],
                  zero_rows=int(np.sum(~np.any(e != 0, axis=1))))
     log.info("pretrain: %d items, d=%d, explained variance %.3f, %.1fs", n_items, cfg.dim, explained,
              timings["total"])

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
 from models.pmi import build_pmi
-from models.pretrain import Embeddings, PretrainConfig, pretrain, pretrain_window
+from models.pretrain import Embeddings, PretrainConfig, pretrain
 from models.rsvd import distribute, randomized_svd
 
 
@@ -104,36 +104,32 @@ def test_randomized_svd_matches_svds(spark, m, n, rank, k, seed, capsys):
     np.testing.assert_allclose(got.U.T @ got.U, np.eye(k), atol=1e-5)
 
 
-def test_pretrain_window_on_synthetic_views(spark, small_world, tmp_path):
-    import pyarrow.compute as pc
-
-    from infra import events
-
-    cfg = PretrainConfig(dim=16, min_count=5, seed=1)
-    emb = pretrain_window(spark, small_world, "2026-01-08", 7, cfg)
-    assert emb.E.shape == (len(emb.item_ids), 16) and emb.E.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(emb.E, axis=1), 1.0, atol=1e-5)
-    assert np.all(np.diff(emb.singular_values) <= 1e-9) and emb.singular_values[-1] > 0
-    assert 0 < emb.explained_variance <= 1
-    # Counts are the window's views per item, read independently with pyarrow.
-    table = events.read_window(small_world, "views", "2026-01-08", 7)
-    ids, n = np.unique(table.column("item_id").to_numpy(zero_copy_only=False).astype(str), return_counts=True)
-    lookup = dict(zip(ids, n))
-    assert [lookup[i] for i in emb.item_ids] == emb.counts.tolist()
-    assert emb.sizes["views"] == table.num_rows and emb.sizes["users"] == len(pc.unique(table.column("user_id")))
-    # Items that co-occur in sessions must be closer than random pairs.
-    sims = emb.E @ emb.E.T
-    assert np.mean(np.max(sims - np.eye(len(sims)) * 2, axis=1)) > 0.5
-    emb.save(tmp_path / "out")
-    back = Embeddings.load(tmp_path / "out")
-    np.testing.assert_array_equal(back.E, emb.E)
-    assert list(back.item_ids) == list(emb.item_ids) and back.sizes["items"] == emb.sizes["items"]
-
-
 def test_pretrain_rejects_too_few_items(spark):
     views = spark.createDataFrame(pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["x", "y", "x"]}))
     with pytest.raises(ValueError, match="items"):
         pretrain(spark, views, PretrainConfig(dim=8, min_count=1))
+
+
+def check_embeddings(emb: Embeddings, events_dir, run_date: str, window: int, dim: int) -> None:
+    """Properties every pre-training output must have, checked against the raw event store."""
+    import pyarrow.compute as pc
+
+    from infra import events
+
+    assert emb.E.shape == (len(emb.item_ids), dim) and emb.E.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb.E, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.diff(emb.singular_values) <= 1e-9) and emb.singular_values[-1] > 0
+    assert 0 < emb.explained_variance <= 1
+    assert list(emb.item_ids) == sorted(emb.item_ids)
+    # Counts are the window's views per item, read independently with pyarrow.
+    table = events.read_window(events_dir, "views", run_date, window)
+    ids, n = np.unique(table.column("item_id").to_numpy(zero_copy_only=False).astype(str), return_counts=True)
+    lookup = dict(zip(ids, n))
+    assert [lookup[i] for i in emb.item_ids] == emb.counts.tolist()
+    assert emb.sizes["views"] == table.num_rows and emb.sizes["users"] == len(pc.unique(table.column("user_id")))
+    # The synthetic world's sessions stay within a topic: each item has a close neighbour.
+    sims = emb.E @ emb.E.T - 2 * np.eye(len(emb.E))
+    assert np.mean(np.max(sims, axis=1)) > 0.5
 
 
 def test_cli_pretrain(led, small_world, tmp_path, spark):
@@ -145,6 +141,7 @@ def test_cli_pretrain(led, small_world, tmp_path, spark):
     assert result["seconds"] > 0
     emb = Embeddings.load(out)
     assert emb.E.shape == (result["items"], 8)
+    check_embeddings(emb, small_world, "2026-01-11", 10, 8)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     # User mistakes: exit 2 with one line on stderr, nothing written.
     code, _, _, err = led("pretrain", "--events", small_world, "--date", "2026-01-11", "--window", "10",
