@@ -413,7 +413,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller catalogs and shorter runs (smoke test)")
     ap.add_argument("--seconds", type=float, default=None, help="wrk duration per run")
-    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--connections", type=int, default=8, help="wrk keep-alive connections")
     ap.add_argument("--skip-headline", action="store_true")
     args = ap.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the servers, wrk and moto we started.
@@ -437,7 +437,8 @@ def main() -> int:
             model_dir, slot, manifest, build_s = make_slot(root, items, dim, settings)
             ip = in_process(model_dir, slot, 500 if quick else 3000)
             print(f"  index: build+measure {build_s:.1f} s, bias_scale {manifest['index']['bias_scale']:.2f}; "
-                  f"ANN recall@100 {ip['ann_recall_at_100']}, recall@10 {ip['ann_recall_at_10']}", flush=True)
+                  f"ANN recall@100 {ip['ann_recall_at_100']} (search_k {manifest['index']['search_k']}), recall@10 "
+                  f"{ip['ann_recall_at_10']} (search_k {manifest['index']['small_search_k']})", flush=True)
             print(f"  in-process recommend k=10: p50 {ip['recommend_ms_p50']} ms, p99 {ip['recommend_ms_p99']} ms; "
                   f"full handler (JSON in/out): p50 {ip['handler_ms_p50']} ms, p99 {ip['handler_ms_p99']} ms; "
                   f"recommend CPU time p50 {ip['recommend_cpu_ms_p50']} ms, p99 {ip['recommend_cpu_ms_p99']} ms",
@@ -448,7 +449,9 @@ def main() -> int:
             print(f"  HTTP (wrk -t1 -c{args.connections} -d{seconds}s, POST /recommend k=10):", flush=True)
             http = http_runs(slot, timelines, root, seconds, args.connections, transports)
             results["dims"][dim] = {"index_build_seconds": round(build_s, 2),
-                                    "bias_scale": manifest["index"]["bias_scale"], **ip, "http": http}
+                                    "bias_scale": manifest["index"]["bias_scale"],
+                                    "search_k": manifest["index"]["search_k"],
+                                    "small_search_k": manifest["index"]["small_search_k"], **ip, "http": http}
             if dim == 128:
                 model_b = make_synthetic_model(root / "swap-b", items=items, dim=dim, seed=5, timelines=500,
                                                card={"model_version": "bench-b"})
