@@ -74,7 +74,9 @@ def publish_model(model_dir: Path, settings, store: BlueGreenStore | None = None
                    "min_ann_recall": settings.min_ann_recall, "n_trees": settings.n_trees,
                    "search_k": settings.search_k, "bias_scale": manifest["index"]["bias_scale"],
                    "items": manifest["items"], "dim": manifest["index"]["dim"],
+                   "small_search_k": manifest["index"]["small_search_k"],
                    "recall_timelines": manifest["ann_report"]["timeline_source"],
+                   "ann_report": manifest["ann_report"],  # every scale / search_k tried, for MLflow
                    "index_seconds": round(time.time() - started, 3)}
         if manifest["ann_recall"] < settings.min_ann_recall:
             raise IndexRejected(
