@@ -63,6 +63,10 @@ class VerificationError(StorageError):
     """An object's bytes do not match the sha256 its manifest (or ACTIVE) promises."""
 
 
+class RecallBelowFloor(StorageError):
+    """The manifest's measured ANN recall is below the floor it was built against: never pushed."""
+
+
 class ConcurrentPushError(StorageError):
     """ACTIVE changed since this push read it: another push won the flip."""
 
@@ -326,7 +330,17 @@ def model_version_of(model_dir: Path, card: dict) -> str:
 
 def push_slot(store: BlueGreenStore, files: dict[str, Path], manifest: dict,
               before_verify: Callable[[str], None] | None = None) -> dict:
-    """Write the idle slot, verify it, flip ACTIVE. Returns the push result (slot, version, previous)."""
+    """Write the idle slot, verify it, flip ACTIVE. Returns the push result (slot, version, previous).
+
+    Refuses (``RecallBelowFloor``, nothing written) a manifest whose ``ann_recall`` is below the
+    ``min_ann_recall`` recorded by the index build, whoever calls it.
+    """
+    recall, floor = manifest.get("ann_recall"), (manifest.get("ann_report") or {}).get("min_ann_recall")
+    if recall is None or floor is None:
+        raise RecallBelowFloor("manifest has no measured ann_recall / min_ann_recall: build it with "
+                               "serving.publish.build_slot_files")
+    if recall < floor:
+        raise RecallBelowFloor(f"ANN recall@100 {recall:.4f} < min_ann_recall {floor}: refusing to push")
     store.ensure_bucket()
     previous = store.read_active()
     slot = other_slot(previous.slot if previous else None)

@@ -166,6 +166,22 @@ def test_low_recall_index_is_refused_and_nothing_uploaded(settings, models):
     assert store.read_active() is None and store.read_manifest("blue") is None
 
 
+def test_push_slot_itself_refuses_a_low_recall_manifest(settings, models, tmp_path):
+    """The pipeline calls build_slot_files + push_slot directly: the floor holds there too."""
+    from serving.publish import build_slot_files
+    from serving.storage import RecallBelowFloor, push_slot
+
+    files, manifest = build_slot_files(models["v1"], tmp_path / "w", n_trees=1, search_k=10, min_recall=0.999)
+    assert manifest["ann_recall"] < 0.999
+    store = BlueGreenStore.from_settings(settings)
+    with pytest.raises(RecallBelowFloor, match="refusing to push"):
+        push_slot(store, files, manifest)
+    with pytest.raises(RecallBelowFloor, match="no measured"):
+        push_slot(store, files, {k: v for k, v in manifest.items() if k != "ann_report"})
+    store.ensure_bucket()
+    assert store.read_active() is None and store.read_manifest("blue") is None
+
+
 def test_corrupted_idle_object_stops_the_flip(settings, models):
     store = BlueGreenStore.from_settings(settings)
     publish_model(models["v1"], settings, store)
