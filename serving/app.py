@@ -23,7 +23,10 @@ Pieces, from the inside out:
   would cost more than it saves. Measured against the stdlib
   ``ThreadingHTTPServer`` (``--http stdlib``), see benchmarks/README.md. Parallelism
   comes from ``workers`` processes sharing one listening socket (each maps the
-  same index file, so pages are shared).
+  same index file, so pages are shared). Each worker has its own poller and
+  its own ``/metrics`` counters (a scrape sees one worker); run one worker per
+  port/container where per-process metrics matter. Idle connections close
+  after 60 s.
 
 Endpoints: ``POST /recommend`` ``{"items": [ids], "k": 10}``; ``GET /healthz``,
 ``/readyz``, ``/model``, ``/metrics``. Bad input is answered 4xx with
@@ -55,6 +58,7 @@ from serving.storage import MANIFEST, BlueGreenStore, VerificationError
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEADER_BYTES = 16 * 1024
+IDLE_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -308,14 +312,30 @@ class HttpProtocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.sent_continue = False
+        self.last_active = time.monotonic()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        asyncio.get_running_loop().call_later(IDLE_TIMEOUT_SECONDS, self._close_if_idle)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+
+    def _close_if_idle(self) -> None:
+        """Idle keep-alive (or half-sent) connections are closed so they cannot pile up."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        idle = time.monotonic() - self.last_active
+        if idle >= IDLE_TIMEOUT_SECONDS:
+            self.transport.close()
+        else:
+            asyncio.get_running_loop().call_later(IDLE_TIMEOUT_SECONDS - idle, self._close_if_idle)
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
         self.buffer += data
         while self.transport is not None and not self.transport.is_closing():
             if not self._handle_one():
