@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from infra.errors import UserError
+from models.export import content_sha256
 
 if TYPE_CHECKING:  # heavy imports stay inside functions
     from mlflow import MlflowClient
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 RUN_DATE_TAG = "run_date"
+MODEL_SHA_TAG = "model_sha256"
 GATE_METRIC = "ndcg_at_100"
 FINAL_METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20")
 HEALTH_ATTEMPTS, HEALTH_TIMEOUT_S, HEALTH_PAUSE_S = 3, 3.0, 1.0
@@ -452,7 +454,8 @@ def log_training_run(settings: "Settings", model_dir: Path, run_date: str | dt.d
 
     client.set_registered_model_alias(name, CHALLENGER, version)
     for key, value in {RUN_DATE_TAG: run_date, "run_id": run_id, "git_commit": commit or "unknown",
-                       "vocabulary_size": str(len(model.item_ids))}.items():
+                       "vocabulary_size": str(len(model.item_ids)),
+                       MODEL_SHA_TAG: content_sha256(model_dir)}.items():
         client.set_model_version_tag(name, version, key, value)
     return RunInfo(run_id=run_id, model_version=version, model_uri=f"models:/{name}/{version}",
                    experiment_id=experiment_id)
@@ -732,6 +735,28 @@ def promote(settings: "Settings", version: str | int, reason: str, model_name: s
 
 
 # --------------------------------------------------------------------------- comparison
+def find_registered(settings: "Settings", model_dir: Path, run_date: str | dt.date) -> RunInfo | None:
+    """The version already registered for this run date with byte-identical arrays, if any.
+
+    Lets a rerun of a date (backfill, retry after a late failure) reuse its version instead of
+    registering a duplicate.
+    """
+    client = connect(settings)
+    name = settings.mlflow_model_name
+    query = (f"name='{name}' and tags.{MODEL_SHA_TAG}='{content_sha256(model_dir)}' "
+             f"and tags.{RUN_DATE_TAG}='{run_date}'")
+    try:
+        versions = client.search_model_versions(query)
+    except Exception:  # noqa: BLE001 - no registered model yet
+        return None
+    if not versions:
+        return None
+    mv = max(versions, key=lambda v: int(v.version))
+    run = client.get_run(mv.run_id)
+    return RunInfo(run_id=mv.run_id, model_version=str(mv.version), model_uri=f"models:/{name}/{mv.version}",
+                   experiment_id=run.info.experiment_id)
+
+
 def compare(settings: "Settings", last_n: int = 10, model_name: str | None = None) -> list[dict[str, Any]]:
     """The last ``last_n`` versions, newest first: run date, metrics, deltas vs the champion, aliases, gate."""
     from mlflow.exceptions import MlflowException

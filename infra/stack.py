@@ -61,7 +61,7 @@ def services(s: Settings) -> dict[str, Service]:
             _python_module("mlflow", "server", "--host", host, "--port", str(s.mlflow_port), "--workers", "1",
                            "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
                            "--artifacts-destination", str(mlflow_dir / "artifacts")),
-            {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
+            {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             f"http://{host}:{s.mlflow_port}/health", lambda code, body: code == 200 and b"OK" in body,
             f"http://{host}:{s.mlflow_port}"),
         "prefect": Service(

@@ -106,6 +106,16 @@ def save_model(folder: Path, item_ids: Sequence[str], V: np.ndarray, b: np.ndarr
     return folder
 
 
+def content_sha256(folder: Path) -> str:
+    """Fingerprint of a model's arrays (ids, V, b, counts): equal for byte-identical exports."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ARRAYS:
+        h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()
+
+
 def load_model(folder: Path) -> ExportedModel:
     """Load an exported model; ``ValueError`` naming the problem when files are missing or corrupt."""
     folder = Path(folder)

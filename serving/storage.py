@@ -94,6 +94,12 @@ def other_slot(slot: str | None) -> str:
     return "green" if slot == "blue" else "blue"
 
 
+def _is_loopback(url: str | None) -> bool:
+    from urllib.parse import urlparse
+
+    return bool(url) and urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def make_client(settings):
     """boto3 S3 client from settings; credentials from boto3's standard chain unless overridden."""
     import boto3
@@ -105,6 +111,9 @@ def make_client(settings):
     if settings.aws_access_key_id and settings.aws_secret_access_key:
         kwargs["aws_access_key_id"] = settings.aws_access_key_id.get_secret_value()
         kwargs["aws_secret_access_key"] = settings.aws_secret_access_key.get_secret_value()
+    elif _is_loopback(settings.s3_endpoint_url) and boto3.Session().get_credentials() is None:
+        # The local stack's moto server accepts any key: a fresh machine needs no AWS configuration.
+        kwargs["aws_access_key_id"] = kwargs["aws_secret_access_key"] = "local-stack"
     config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
     return boto3.client("s3", config=config, **kwargs)
 

@@ -19,7 +19,10 @@ def register_model(settings: Settings, plan: dict, trained: dict, pretrained: di
               "vocabulary_size": pretrained["items"], **trained["config"]}
     metrics = dict(trained["metrics"]) | {"explained_variance": pretrained["explained_variance"]}
     reports = [Path(validation["report_path"])] if validation.get("report_path") else []
+    existing = registry.find_registered(settings, Path(trained["model_dir"]), plan["run_date"])
+    if existing is not None:  # a rerun of this date with the same model: keep its version
+        return asdict(existing) | {"reused": True}
     info = registry.log_training_run(settings, Path(trained["model_dir"]), plan["run_date"], params=params,
                                      metrics=metrics, history=trained["history"], timings=timings,
                                      artifacts=reports)
-    return asdict(info)
+    return asdict(info) | {"reused": False}

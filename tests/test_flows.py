@@ -58,6 +58,8 @@ def test_run_then_rerun_is_cached_and_replaces_cleanly(local_stack, world):
     assert code == 0 and again["state"] == "COMPLETED"
     assert "pretrain" in log and "Cached(type=COMPLETED)" in log
     assert again["ndcg@100"] == first["ndcg@100"]  # same inputs, same model
+    assert again["model_version"] == first["model_version"]  # reused, not registered twice
+    assert again["pushed_slot"] == first["pushed_slot"]  # already live: nothing pushed again
     assert again["seconds"]["pretrain"] < 5 and again["seconds"]["fine-tune"] < 5
 
 
