@@ -20,6 +20,7 @@ def test_train_exports_a_model_evaluated_on_the_last_day(spark, small_world, led
     assert last["trainable_params"] == d * d + n == model.card["trainable_params"]
     for key in ("recall@20", "recall@50", "ndcg@100"):
         assert 0 < last[key] <= 1
+    assert last["ndcg@100"] > last["popularity_ndcg@100"]
     assert model.card["data_window"]["eval_date"] == "2026-01-10"
     assert model.card["data_window"]["train_days"] == ["2026-01-01", "2026-01-09"]
     assert model.eval_timelines and len(model.eval_timelines) <= 2000

@@ -68,6 +68,8 @@ def run(args) -> int:
         raise UserError("the window has events on one day only: the temporal protocol needs two")
     log(f"[train] window [{start}, {run_date}): pre-train and fine-tune on [{start}, {last}), evaluate on {last}")
 
+    import numpy as np
+
     from infra.spark import get_spark
 
     spark = get_spark(settings)
@@ -82,15 +84,22 @@ def run(args) -> int:
         model, split, metrics = fine_tune_window(emb, views, clicks, cfg)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    # context for the reader: the same evaluation with a popularity ranking (view counts)
+    from models.data import evaluate_scorer
+
+    counts = model.counts.astype(float)
+    popularity = evaluate_scorer(lambda rows: np.broadcast_to(counts, (len(rows), len(counts))),
+                                 split.test, len(counts))
     window_info = {"run_date": str(run_date), "window_days": window, "train_days": [str(start), str(last - dt.timedelta(days=1))],
                    "eval_date": str(last), "views": views.num_rows, "clicks": clicks.num_rows} | split.info
-    card_extra = {"pretrain": {"explained_variance": emb.explained_variance, "timings": emb.timings,
+    card_extra = {"baselines": {"popularity": popularity}, "pretrain": {"explained_variance": emb.explained_variance, "timings": emb.timings,
                                "sizes": emb.sizes, "config": pre_cfg.__dict__}}
     model.export(args.out, metrics=metrics, data_window=window_info, eval_set=split.test, extra=card_extra)
     log(f"[train] exported to {args.out}")
     emit({"out": str(args.out.resolve()), "trainable_params": model.trainable_params, "d": model.dim,
           "items": len(model.item_ids), "loss": cfg.loss, "best_epoch": model.best_epoch,
           "recall@20": metrics["recall@20"], "recall@50": metrics["recall@50"], "ndcg@100": metrics["ndcg@100"],
-          "coverage@20": metrics["coverage@20"], "eval_users": metrics["users"], "eval_date": str(last),
+          "coverage@20": metrics["coverage@20"], "popularity_ndcg@100": popularity["ndcg@100"],
+          "eval_users": metrics["users"], "eval_date": str(last),
           "train_seconds": round(model.train_seconds, 2)})
     return 0
