@@ -162,6 +162,8 @@ class LedModel:
         if variant != "no_projection":
             self.P = tf.Variable(init_scale * np.eye(d, dtype=np.float32), name="P", trainable=True)
         self.b = tf.Variable(initial_bias(counts), name="b", trainable=True)
+        # log-probabilities of the negative sampler (CSS importance weights); fine_tune sets the real one
+        self.log_q = tf.fill([n_items], -float(np.log(n_items)))
         self.trainable = [v for v in (self.E, self.P, self.b) if isinstance(v, tf.Variable)]
         if variant == "project" and self.trainable_params != d * d + n_items:
             raise AssertionError(f"LED Project must train d*d + I = {d * d + n_items} parameters, "
@@ -374,11 +376,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build_model(E: np.ndarray, counts: np.ndarray, cfg: LedConfig) -> LedModel:
-    model = LedModel(E, counts, cfg.variant, cfg.init_scale, cfg.seed)
-    return model
-
-
 def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig,
               counts: np.ndarray | None = None, progress: Callable[[str], None] | None = _log) -> TrainedModel:
     """Fine-tune LED on ``train`` (indices into ``embeddings.item_ids``), early-stopping on ``valid``.
@@ -400,7 +397,7 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
         raise ValueError("no training clicks: nothing to fine-tune on")
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    model = build_model(E, counts, cfg)
+    model = LedModel(E, counts, cfg.variant, cfg.init_scale, cfg.seed)
     sampler = NegativeSampler(counts, cfg.negative_sampling, np.random.default_rng(cfg.seed + 7))
     model.log_q = tf.constant(np.log(sampler.q).astype(np.float32))
     optimizer = tf.keras.optimizers.Adam(cfg.learning_rate)

@@ -53,7 +53,6 @@ def known_model(name: str) -> bool:
 class QualityConfig:
     seeds: int = 3
     models: Sequence[str] = DEFAULT_MODELS
-    views_pretrain: bool = False
     led: object = None  # models.led.LedConfig
     pretrain_overrides: dict = field(default_factory=dict)
     mult_vae: object = None  # models.baselines.MultVaeConfig

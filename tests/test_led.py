@@ -181,3 +181,20 @@ def test_fold_in_split_is_80_20_and_disjoint():
     assert [len(r) for r in target.rows()] == [2, 1]
     for f, t, r in zip(fold.rows(), target.rows(), rows):
         assert set(f) | set(t) == set(r) and not set(f) & set(t)
+
+
+@pytest.mark.parametrize("variant", ["train_e", "no_projection"])
+def test_ablations_train_E(tf, variant):
+    from models.led import LedConfig, fine_tune
+
+    emb, train, valid = clustered_problem()
+    cfg = LedConfig(dim=emb.E.shape[1], num_negatives=30, batch_size=64, epochs=1, variant=variant,
+                    learning_rate=1e-2)
+    model = fine_tune(emb, train, valid, cfg, progress=None)
+    n, d = emb.E.shape
+    if variant == "no_projection":
+        assert model.P is None and model.trainable_params == n * d + n
+        assert not np.allclose(model.V, emb.E)  # V is the trained E itself
+    else:
+        assert model.trainable_params == n * d + d * d + n
+        assert not np.allclose(model.V, emb.E @ model.P, atol=1e-4)  # E moved

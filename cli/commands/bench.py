@@ -71,7 +71,7 @@ def run(args) -> int:
         raise UserError(str(exc)) from None
     vae = MultVaeConfig(epochs=args.vae_epochs) if args.vae_epochs else MultVaeConfig()
     overrides = {"min_count": args.min_count} if args.min_count else {}
-    cfg = QualityConfig(seeds=args.seeds, models=models, views_pretrain=args.views_pretrain, led=led_cfg,
+    cfg = QualityConfig(seeds=args.seeds, models=models, led=led_cfg,
                         pretrain_overrides=overrides, mult_vae=vae)
     try:
         result = run_quality(root, cfg)
