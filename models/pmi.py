@@ -17,19 +17,23 @@ Definitions (DESIGN.md; Levy, Goldberg & Dagan 2015 for the smoothing):
   normalises ``P_α`` by ``Σ_ij c_ij^α`` instead; we use the textbook ``Σ_k r_k^α``.
   Rows are "items", columns "contexts"; with α < 1 the matrix is not symmetric.
 
-How it is distributed: items get a dense index (sorted ids); the index range
-is cut into ``B`` contiguous row blocks. Each user's capped timeline is sent to
-every block it touches, so block b can compute its rows of the co-occurrence
-matrix exactly, ``C_b = X[:, b]ᵀ X`` over the users it received (a local
-scipy sparse product), with no reduce over partial sums. Shuffle volume is
-``Σ_u L_u · min(B, L_u)`` item indices instead of a number of pairs. Because
-C is symmetric, the same block also yields its rows of PMIᵀ, which the
-randomized SVD needs for products with Aᵀ.
+How it is distributed: items get a dense index (sorted ids, a broadcast
+join); the index range is cut into ``B`` contiguous row blocks. One shuffle
+brings each user's raw views to one partition, where numpy dedupes, caps and
+routes the timelines (``mapInArrow``). Each capped timeline is sent to every
+block it touches, so block b computes its rows of the co-occurrence matrix
+exactly, ``C_b = X[:, b]ᵀ X`` over the users it received (a local scipy sparse
+product), with no reduce over partial sums: the second shuffle carries
+``Σ_u L_u · min(B, L_u)`` item indices, never item pairs. Because C is
+symmetric, the same block also yields its rows of PMIᵀ, which the randomized
+SVD needs for products with Aᵀ.
 
 Memory model (U users, L̄ mean capped timeline length, T = max_timeline, I
 items, B blocks, nnz = non-zeros of C):
 - driver: item ids and counts, marginals and masks, O(I) (~ 50·I bytes).
-- shuffle: timelines ``4 · U · L̄ · min(B, L̄)`` bytes.
+- shuffles: the raw views (user id, item index, time: ~30 bytes a view), then
+  the timelines ``4 · U · L̄ · min(B, L̄)`` bytes.
+- one routing task: its share of the views as numpy arrays (~40 bytes a view).
 - one block task: its users' timelines plus ``C_b`` (12 bytes per non-zero)
   and the transient product, bounded by ``Σ_u L_u²/B`` multiply-adds.
 - cached: C blocks while PMI is built (12 · nnz), then PMI and PMIᵀ
