@@ -151,12 +151,12 @@ def baseline(events_dir: Path, run_date: str, window: int, dim: int, cfg) -> dic
         nz = r > 0
         c, kept_idx = c[nz][:, nz].tocsr(), np.flatnonzero(kept)[nz]
         r = r[nz]
+        nnz_c = c.nnz  # before the PPMI below shares (and compacts) c's index arrays
         rows = np.repeat(np.arange(c.shape[0]), np.diff(c.indptr))
         val = (np.log(c.data) - np.log(r)[rows] - cfg.smoothing * np.log(r)[c.indices]
                + np.log(np.sum(r ** cfg.smoothing)))
         pmi = sp.csr_matrix((np.maximum(val, 0).astype(np.float32), c.indices, c.indptr), shape=c.shape)
         pmi.eliminate_zeros()
-        nnz_c = c.nnz
         del c
     with stage("rsvd", report, mem):
         U, s, _ = randomized_svd(pmi, dim, n_oversamples=cfg.oversampling, n_iter=cfg.power_iters,
@@ -165,7 +165,7 @@ def baseline(events_dir: Path, run_date: str, window: int, dim: int, cfg) -> dic
     mem.stop()
     report["total"] = {"seconds": round(time.perf_counter() - t_all, 2),
                        "peak_rss_mb": max(v["peak_rss_mb"] for v in report.values())}
-    sizes = {"views": int(len(i)), "items": int(len(kept_idx)), "cooccurrence_nnz": int(nnz_c),
+    sizes = {"views": int(len(i)), "items": int(len(kept_idx)), "cooccurrence_nnz_kept_items": int(nnz_c),
              "pmi_nnz": int(pmi.nnz)}
     return {"stages": report, "sizes": sizes, "item_ids": ids[kept_idx], "E": e, "s": s}
 

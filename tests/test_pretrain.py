@@ -104,6 +104,20 @@ def test_randomized_svd_matches_svds(spark, m, n, rank, k, seed, capsys):
     np.testing.assert_allclose(got.U.T @ got.U, np.eye(k), atol=1e-5)
 
 
+def test_randomized_svd_on_an_ill_conditioned_matrix(spark):
+    """A steep spectrum (x0.5 per component) makes the samples ill-conditioned: second Cholesky QR pass."""
+    rng = np.random.default_rng(5)
+    sigma = 0.5 ** np.arange(300.0)
+    perm_rows, perm_cols = rng.permutation(300), rng.permutation(300)
+    matrix = sp.csr_matrix((sigma, (perm_rows, perm_cols)), shape=(300, 300))  # singular values = sigma
+    blocks = distribute(spark.sparkContext, matrix, 3)
+    got = randomized_svd(spark.sparkContext, blocks, 10, oversampling=10, power_iters=2, seed=0)
+    blocks.unpersist()
+    assert got.stats["qr_passes"] > got.stats["products"]
+    np.testing.assert_allclose(got.s, sigma[:10], rtol=1e-4)
+    np.testing.assert_allclose(got.U.T @ got.U, np.eye(10), atol=1e-5)
+
+
 def test_pretrain_rejects_too_few_items(spark):
     views = spark.createDataFrame(pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["x", "y", "x"]}))
     with pytest.raises(ValueError, match="items"):
