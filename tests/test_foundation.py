@@ -18,6 +18,8 @@ from infra.settings import Settings, get_settings
 
 # --- settings -----------------------------------------------------------------------------------
 def test_settings_precedence_and_standard_variables(monkeypatch, tmp_path):
+    for name in ("LED_S3_ENDPOINT_URL", "LED_MLFLOW_TRACKING_URI", "LED_PREFECT_API_URL", "LED_S3_BUCKET"):
+        monkeypatch.delenv(name, raising=False)  # the session's local stack may have set them
     toml = tmp_path / "led.toml"
     toml.write_text('dim = 64\nloss = "ns"\ns3_bucket = "from-toml"\n')
     monkeypatch.setenv("LED_CONFIG", str(toml))
@@ -34,10 +36,15 @@ def test_settings_precedence_and_standard_variables(monkeypatch, tmp_path):
     assert Settings().mlflow_tracking_uri == "http://led-wins:5000"
 
 
-def test_settings_paths_are_absolute_and_derived(monkeypatch, tmp_path):
+def test_settings_paths_are_absolute_and_urls_follow_stack_ports(monkeypatch, tmp_path):
+    for name in ("LED_S3_ENDPOINT_URL", "LED_MLFLOW_TRACKING_URI", "LED_PREFECT_API_URL", "MLFLOW_TRACKING_URI",
+                 "PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LED_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("LED_MLFLOW_PORT", "6001")
     s = Settings()
     assert s.events_dir == tmp_path / "h" / "events" and s.work_dir.is_absolute()
+    assert s.mlflow_tracking_uri == "http://127.0.0.1:6001" and s.s3_endpoint_url == s.moto_url
 
 
 def test_config_masks_secrets_and_rejects_bad_values(led, monkeypatch):

@@ -1,0 +1,101 @@
+"""Benchmark: wall time per stage of one daily run at several scales.
+
+Each scale is a synthetic world (the same generator as `led generate`) whose
+window of ``--window`` days holds the given share of ML-20M's size (138k users,
+20k items, ~10M views at scale 1). The daily flow runs once per scale through
+the real local stack (Prefect, MLflow, moto S3), started by this script under
+a temporary LED_HOME on free ports and stopped at the end.
+
+Targets (issue 8): full scale at most 20 minutes end to end; doubling the
+events at most 2.2x the time (half → full is the doubling measured).
+
+    .venv/bin/python benchmarks/daily.py                              # small, quarter, half, full
+    .venv/bin/python benchmarks/daily.py --scales small,quarter       # quicker
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALES = {"small": 0.1, "quarter": 0.25, "half": 0.5, "full": 1.0}
+STAGES = ("validate", "vocabulary", "pretrain", "fine-tune", "register", "index", "evaluate-and-gate", "push")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def led(env: dict, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"led {args[0]} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scales", default="small,quarter,half,full")
+    ap.add_argument("--window", type=int, default=37, help="window days (37 days ~ 10M views at full scale)")
+    ap.add_argument("--param", action="append", default=[], help="flow parameter override NAME=VALUE")
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="led-bench-daily-"))
+    env = os.environ.copy() | {"LED_HOME": str(home), "LED_MOTO_PORT": str(free_port()),
+                               "LED_MLFLOW_PORT": str(free_port()), "LED_PREFECT_PORT": str(free_port()),
+                               "LED_WINDOW_DAYS": str(args.window)}
+    for key in ("LED_MLFLOW_TRACKING_URI", "LED_PREFECT_API_URL", "LED_S3_ENDPOINT_URL"):
+        env.pop(key, None)
+    led(env, "stack", "up")
+    rows = []
+    try:
+        for name in args.scales.split(","):
+            scale = SCALES[name]
+            store = home / f"events-{name}"
+            gen = led(env, "generate", "--out", store, "--days", args.window + 1, "--users", int(138_000 * scale),
+                      "--items", int(20_000 * scale), "--seed", 1)
+            run_date = gen["end"]  # the window [end - W, end) holds W full days
+            t0 = time.perf_counter()
+            res = led(env | {"LED_MLFLOW_MODEL_NAME": f"bench-{name}", "LED_S3_PREFIX": f"bench-{name}"},
+                      "run", "--events", store, "--date", run_date, *sum((["--param", p] for p in args.param), []))
+            wall = time.perf_counter() - t0
+            row = {"scale": name, "users": int(138_000 * scale), "items": int(20_000 * scale),
+                   "window_views": int(gen["views"] * args.window / (args.window + 1)), "state": res["state"],
+                   "wall_seconds": round(wall, 1), "ndcg@100": res.get("ndcg@100")} | \
+                  {s: (res.get("seconds") or {}).get(s) for s in STAGES}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        led(env, "stack", "down")
+    print_table(rows)
+    by = {r["scale"]: r for r in rows}
+    result = {"rows": rows, "window_days": args.window}
+    if "half" in by and "full" in by:
+        result["doubling_ratio_half_to_full"] = round(by["full"]["wall_seconds"] / by["half"]["wall_seconds"], 2)
+        print(f"\ndoubling the events (half → full): {result['doubling_ratio_half_to_full']}x (target <= 2.2)")
+    if "full" in by:
+        result["full_minutes"] = round(by["full"]["wall_seconds"] / 60, 1)
+        print(f"full scale end to end: {result['full_minutes']} min (target <= 20)")
+    out = ROOT / "benchmarks" / "results" / "daily.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = ["scale", "window_views", "state", *STAGES, "wall_seconds"]
+    print("\n" + " | ".join(f"{c:>10s}" for c in cols))
+    for r in rows:
+        print(" | ".join(f"{(f'{r[c]:.1f}' if isinstance(r[c], float) else str(r[c])):>10s}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()
