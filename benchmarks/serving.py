@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))
 
 from infra.settings import Settings  # noqa: E402
 from models.export import load_model  # noqa: E402
-from serving.app import Limits, LoadedModel, Service, load_slot_dir  # noqa: E402
-from serving.index import Recommender, load_index, measure_recall, IndexParams  # noqa: E402
+from serving.app import Limits, Service, load_slot_dir  # noqa: E402
+from serving.index import Recommender, measure_recall, IndexParams  # noqa: E402
 from serving.publish import build_slot_files  # noqa: E402
 from serving.synthetic import make_synthetic_model  # noqa: E402
 

@@ -60,11 +60,10 @@ def read_window(store: Path, run_date: str, window: int) -> int:
 def spark_rows_baseline(store: Path, run_date: str, window: int) -> dict:
     """The views+clicks rows suites on Spark DataFrames (GX Spark engine), same expectations."""
     import great_expectations as gx
-    import pyarrow as pa
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from pyspark.sql import functions as F
 
-    from data_checks import stats, suites
+    from data_checks import suites
     from infra.settings import Settings
     from infra.spark import get_spark
 

@@ -25,10 +25,7 @@ import datetime as dt
 import json
 import logging
 import math
-import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ import pyarrow as pa
 
 from data_checks import stats, suites
 from infra import events
+from infra.atomic import atomic_dir
 from infra.errors import UserError
 
 SCHEMA_SAMPLE_ROWS = 1000
@@ -324,22 +322,11 @@ def _write_report(gate: _GxGate, result: ValidationResult, report_dir: Path) -> 
     """Data Docs + result.json into REPORT_DIR/validation/, via a staging folder renamed into place."""
     report_dir.mkdir(parents=True, exist_ok=True)
     final = report_dir / REPORT_SUBDIR
-    staging = report_dir / f".tmp-{REPORT_SUBDIR}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(final) as staging:
         index = gate.build_docs(staging)
-        result.report_path = str(final / index.name)
+        result.report_path = str(final.resolve() / index.name)
         (staging / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-        if final.exists():
-            old = report_dir / f".old-{REPORT_SUBDIR}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, old)
-            os.rename(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final / index.name
+    return final.resolve() / index.name
 
 
 def _short(example: Any) -> str:

@@ -12,10 +12,6 @@ reader never sees a half-written day or store.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-import tempfile
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from infra.atomic import atomic_dir
 from infra.errors import UserError
 
 KINDS = ("views", "clicks")
@@ -105,21 +102,8 @@ def write_day(root: Path, kind: str, day: dt.date, table: pa.Table) -> Path:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     final = partition_dir(root, kind, day)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(final) as tmp:
         pq.write_table(table.select(SCHEMA.names), tmp / "part-0.parquet", compression="snappy")
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -172,13 +156,5 @@ def staging_dir(final: Path, *, allow_existing_store: bool = False) -> Iterator[
         yield final
         return
     check_new_output(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:
         yield tmp
-        if final.exists():
-            final.rmdir()  # empty, checked above
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -37,15 +37,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from infra.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +101,7 @@ class Embeddings:
 
     def save(self, folder: Path) -> None:
         """Write plain arrays + pretrain.json atomically (temp sibling, then rename; replaces ``folder``)."""
-        folder = Path(folder).resolve()
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-        try:
+        with atomic_dir(Path(folder)) as tmp:
             np.save(tmp / "item_ids.npy", np.asarray(self.item_ids, dtype=str))
             np.save(tmp / "E.npy", self.E.astype(np.float32))
             np.save(tmp / "counts.npy", self.counts.astype(np.int64))
@@ -115,16 +110,6 @@ class Embeddings:
                     "explained_variance": self.explained_variance,
                     "timings": self.timings, "sizes": self.sizes}
             (tmp / META).write_text(json.dumps(meta, indent=2, default=float))
-            if folder.exists():
-                old = folder.parent / f".old-{folder.name}-{os.getpid()}"
-                os.rename(folder, old)
-                os.rename(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, folder: Path) -> "Embeddings":

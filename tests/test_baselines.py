@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from models.data import EvalSet, Lists, UserData, evaluate_scorer, fold_in_split
+from models.data import Lists, UserData, evaluate_scorer
 from tests.test_led import clustered_problem
 
 
