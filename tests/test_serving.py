@@ -19,7 +19,7 @@ import pytest
 
 from models.export import load_model
 from serving.app import Limits, LoadedModel, Service
-from serving.index import Recommender, build_and_measure, load_index, measure_recall
+from serving.index import Recommender, build_and_measure, exact_answers, load_index, measure_recall
 from serving.synthetic import make_synthetic_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,20 @@ def test_raw_bias_column_is_worse_than_conditioned_index(model_dir, tmp_path):
     plain_rec = measure_recall(Recommender(model.item_ids, model.V, model.b, model.counts, plain, plain_params),
                                exact, model.eval_timelines)["recall"]
     assert cond.recall > plain_rec + 0.05, (cond.recall, plain_rec)
+
+
+def test_build_raises_search_k_until_the_recall_floor(tmp_path):
+    folder = make_synthetic_model(tmp_path / "m", items=5000, dim=32, seed=3)
+    model = load_model(folder)
+    built = build_and_measure(model, tmp_path / "ix", n_trees=10, search_k=100, min_recall=0.95)
+    assert built.recall >= 0.95 and built.params.search_k > 100
+    first = next(t for t in built.report["tried"] if "search_k" not in t)
+    assert first["recall"] < 0.95  # the setting alone missed the floor on this catalog
+    got = measure_recall(Recommender(model.item_ids, model.V, model.b, model.counts,
+                                     load_index(built.path, built.params), built.params),
+                         exact_answers(Recommender(model.item_ids, model.V, model.b, model.counts),
+                                       model.eval_timelines))
+    assert got["recall"] >= 0.95  # the served parameters reproduce the measured recall
 
 
 def test_recommend_excludes_inputs_counts_unknown_and_falls_back_to_popularity(ann, built):
