@@ -6,6 +6,15 @@ def _days(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip()) if text else ()
 
 
+def _flush_prefect_logs() -> None:
+    import sys
+
+    if "prefect" in sys.modules:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "simulate", help="simulate N days: generate, run the daily flow, serve and query, with injected faults",
@@ -57,6 +66,7 @@ def run(args) -> int:
         result = simulate(settings, cfg, run_daily, args.serve_port or settings.serve_port, log=log)
     finally:
         if started:
+            _flush_prefect_logs()  # ship buffered run logs while the Prefect server is still up
             stack.down(tuple(started))
     log(f"\nPrefect UI  {settings.prefect_url.removesuffix('/api')}   (flow runs, artifacts)")
     log(f"MLflow UI   {settings.mlflow_url}   (runs, model versions, aliases)")
