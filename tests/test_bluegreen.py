@@ -27,6 +27,7 @@ from serving.publish import IndexRejected, publish_model
 from serving.storage import (SLOT_ARTIFACTS, BlueGreenStore, ConcurrentPushError, StorageError,
                              VerificationError, rollback, status)
 from serving.synthetic import make_synthetic_model
+from tests.http_client import post_recommend
 
 ROOT = Path(__file__).resolve().parents[1]
 LED = [sys.executable, "-m", "cli.main"]
@@ -289,7 +290,7 @@ def test_led_serve_follows_pushes_and_swaps_without_failed_requests(settings, mo
         recalls = []
         for timeline in exported.eval_timelines[:60]:
             ids, scores = exported.exact_topk(timeline, 100)
-            code, body = _post(port, {"items": timeline, "k": 100})
+            code, body = post_recommend(port, {"items": timeline, "k": 100})
             assert code == 200 and body["model_version"] == "1" and body["slot"] == "blue"
             recalls.append(len(set(ids) & set(body["ids"])) / len(ids))
             exact = dict(zip(ids, scores))
@@ -339,15 +340,6 @@ def test_led_serve_follows_pushes_and_swaps_without_failed_requests(settings, mo
 def _get(port: int, path: str) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
         return resp.read()
-
-
-def _post(port: int, data: dict) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("POST", "/recommend", body=json.dumps(data))
-    resp = conn.getresponse()
-    out = resp.status, json.loads(resp.read())
-    conn.close()
-    return out
 
 
 def _wait_for_version(port: int, version: str, timeout: float = 30) -> None:

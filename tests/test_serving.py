@@ -21,6 +21,7 @@ from models.export import load_model
 from serving.app import Limits, LoadedModel, Service
 from serving.index import Recommender, build_and_measure, exact_answers, load_index, measure_recall
 from serving.synthetic import make_synthetic_model
+from tests.http_client import post_recommend
 
 ROOT = Path(__file__).resolve().parents[1]
 LED = [sys.executable, "-m", "cli.main"]
@@ -271,7 +272,7 @@ def test_http_10k_random_payloads_never_5xx(server):
     assert statuses.get(200, 0) > 500 and sum(v for k, v in statuses.items() if 400 <= k < 500) > 3000, statuses
     conn.close()
     assert _get(server, "/healthz")[0] == 200
-    code, body = _post(server, {"items": ["item1"], "k": 3})
+    code, body = post_recommend(server, {"items": ["item1"], "k": 3})
     assert code == 200 and len(body["ids"]) == 3
 
 
@@ -312,8 +313,8 @@ def test_stdlib_transport_answers_the_same(model_dir, tmp_path, server):
     proc, port = _start_server(model_dir, tmp_path, "--http", "stdlib")
     try:
         request = {"items": ["item1", "item7", "nope"], "k": 5}
-        assert _post(port, request) == _post(server, request)
-        assert _post(port, {"items": [], "k": 0})[0] == 422
+        assert post_recommend(port, request) == post_recommend(server, request)
+        assert post_recommend(port, {"items": [], "k": 0})[0] == 422
     finally:
         _stop(proc)
 
@@ -323,15 +324,6 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
     conn.request("GET", path)
     resp = conn.getresponse()
     out = resp.status, resp.read()
-    conn.close()
-    return out
-
-
-def _post(port: int, data: dict) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("POST", "/recommend", body=json.dumps(data))
-    resp = conn.getresponse()
-    out = resp.status, json.loads(resp.read())
     conn.close()
     return out
 
