@@ -7,12 +7,17 @@ def _days(text: str) -> tuple[int, ...]:
 
 
 def _flush_prefect_logs() -> None:
+    """Ship buffered run logs while the Prefect server is still up (best effort, bounded)."""
     import sys
 
-    if "prefect" in sys.modules:
-        from prefect.logging.handlers import APILogHandler
+    if "prefect" not in sys.modules:
+        return
+    from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()
+    try:
+        APILogWorker.drain_all(timeout=10)
+    except Exception:  # noqa: BLE001 - losing trailing log lines must not keep the stack running
+        pass
 
 
 def register(sub) -> None:
