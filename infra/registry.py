@@ -483,35 +483,48 @@ def save_eval_set(path: Path, eval_set: EvalSet) -> Path:
     return path
 
 
+def eval_set_from_split(split) -> EvalSet:
+    """The held-out clicks of a ``models.data.TemporalSplit`` in item ids (what the gate scores)."""
+    ids = split.item_ids
+    return EvalSet(inputs=[[str(ids[i]) for i in row] for row in split.test.inputs.rows()],
+                   targets=[[str(ids[i]) for i in row] for row in split.test.targets.rows()],
+                   name=f"clicks-{split.eval_date}")
+
+
 def build_eval_set(events_dir: Path, target_day: str | dt.date, window_days: int,
                    max_users: int | None = 2000, seed: int = 0) -> EvalSet:
     """Users who clicked on ``target_day``: inputs = their views and clicks in the ``window_days``
-    before it (time order, de-duplicated), targets = the items they clicked that day.
+    before it, targets = the items they clicked that day (the daily run's temporal protocol,
+    ``models.data.temporal_split``, over every item of the window).
 
     Pick a ``target_day`` neither model trained on (e.g. the day after the
     challenger's window) so the comparison is fair to both.
     """
+    import datetime as _dt
+
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from infra import events
+    from models.data import temporal_split
 
     day = events.parse_date(target_day)
     events.require_event_store(Path(events_dir))
-    clicks = events.read_day(events_dir, "clicks", day)
-    if clicks.num_rows == 0:
+    if events.read_day(events_dir, "clicks", day).num_rows == 0:
         raise UserError(f"no clicks on {day} in {events_dir}: cannot build an eval set")
-    history = pa.concat_tables([events.read_window(events_dir, kind, day, window_days).drop(["date"])
-                                for kind in ("views", "clicks")]).to_pandas().sort_values("ts", kind="stable")
-    timelines = history.groupby("user_id", sort=False)["item_id"].agg(lambda s: list(dict.fromkeys(s)))
-    targets = clicks.to_pandas().groupby("user_id")["item_id"].agg(lambda s: sorted(set(s)))
-    users = sorted(set(targets.index) & set(timelines.index))
-    if max_users and len(users) > max_users:
-        users = sorted(np.random.default_rng(seed).choice(users, size=max_users, replace=False).tolist())
-    if not users:
+    end = day + _dt.timedelta(days=1)
+    views, clicks = (events.read_window(events_dir, kind, end, window_days + 1) for kind in ("views", "clicks"))
+    items = sorted(pc.unique(pa.concat_arrays([views.column("item_id").combine_chunks(),
+                                               clicks.column("item_id").combine_chunks()])).to_pylist())
+    eval_set = eval_set_from_split(temporal_split(views, clicks, items))
+    if not eval_set.inputs:
         raise UserError(f"no user clicking on {day} has history in the {window_days} days before")
-    return EvalSet(inputs=[timelines[u] for u in users], targets=[targets[u] for u in users],
-                   name=f"clicks-{day}-w{window_days}")
+    if max_users and len(eval_set.inputs) > max_users:
+        keep = sorted(np.random.default_rng(seed).choice(len(eval_set.inputs), size=max_users, replace=False))
+        eval_set = EvalSet([eval_set.inputs[i] for i in keep], [eval_set.targets[i] for i in keep])
+    eval_set.name = f"clicks-{day}-w{window_days}"
+    return eval_set
 
 
 def exact_rankings(model: "ExportedModel", timelines: Sequence[Sequence[str]], k: int,

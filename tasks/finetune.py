@@ -7,21 +7,13 @@ from pathlib import Path
 
 from prefect import task
 
-from infra import events
+from infra import events, registry
 from infra.settings import Settings
 from models.led import LedConfig, fine_tune_window
 from models.pretrain import Embeddings
 from tasks.common import STAGE_CACHE, cache_dir
 
 EVAL_SET = "eval_set.json"
-
-
-def _eval_set_json(split) -> dict:
-    """The held-out clicks in item ids: what the gate scores challenger and champion on."""
-    ids = split.item_ids
-    return {"name": f"clicks-{split.eval_date}",
-            "inputs": [[str(ids[i]) for i in row] for row in split.test.inputs.rows()],
-            "targets": [[str(ids[i]) for i in row] for row in split.test.targets.rows()]}
 
 
 @task(name="fine-tune", cache_policy=STAGE_CACHE, cache_expiration=timedelta(days=7),
@@ -40,7 +32,7 @@ def fine_tune_led(settings: Settings, plan: dict, pretrained: dict, config: LedC
         model.export(model_dir, metrics=metrics, data_window=window, eval_set=split.test,
                      extra={"pretrain": {"explained_variance": pretrained["explained_variance"],
                                          "timings": pretrained["timings"]}})
-        (out / EVAL_SET).write_text(json.dumps(_eval_set_json(split)))
+        registry.save_eval_set(out / EVAL_SET, registry.eval_set_from_split(split))
         result = {"model_dir": str(model_dir), "eval_set": str(out / EVAL_SET), "metrics": metrics,
                   "history": model.history, "best_epoch": model.best_epoch,
                   "trainable_params": model.trainable_params, "train_seconds": model.train_seconds,
