@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +24,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infra.stack import free_port  # noqa: E402
+
 SCALES = {"small": 0.1, "quarter": 0.25, "half": 0.5, "full": 1.0}
 STAGES = ("validate", "vocabulary", "pretrain", "fine-tune", "register", "index", "evaluate-and-gate", "push")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def led(env: dict, *args: str) -> dict:

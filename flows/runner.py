@@ -1,7 +1,6 @@
 """Run the daily flow from code or the CLI and summarise its final state as plain data."""
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from infra.orchestration import configure_prefect
@@ -12,20 +11,22 @@ RESULT_KEYS = ("model_version", "promoted", "pushed_slot", "ndcg@100", "recall@2
 
 
 def flow_parameters() -> dict[str, tuple[str, Any]]:
-    """Name → (annotation, default) of the daily flow's parameters."""
-    configure_prefect(get_settings(), check=False)
-    from flows.daily import daily
+    """Knob name → (its group of the flow, effective default) for ``led run --list-params``."""
+    from flows.params import GROUPS
 
-    sig = inspect.signature(daily.fn)
-    return {name: (str(p.annotation), p.default) for name, p in sig.parameters.items()}
+    settings = get_settings()
+    knobs = {name: (group, getattr(settings, name)) for group, names in GROUPS.items() for name in names}
+    return {"run_date": ("run", "today (UTC)"), **knobs, "push": ("run", True)}
 
 
 def run_daily(params: dict[str, Any]) -> dict[str, Any]:
-    """Run ``led-daily`` in this process; never raises for a failed run (the state says it)."""
+    """Run ``led-daily`` in this process with flat knob names (``{"dim": 64, "run_date": ...}``);
+    never raises for a failed run (the state says it)."""
     configure_prefect(get_settings())
     from flows.daily import daily
+    from flows.params import grouped
 
-    state = daily(**params, return_state=True)
+    state = daily(**grouped(params), return_state=True)
     summary: dict[str, Any] = {"state": state.type.value, "state_name": state.name,
                                "run_date": params.get("run_date"), **{k: None for k in RESULT_KEYS}}
     if state.is_completed():

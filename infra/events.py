@@ -158,3 +158,22 @@ def staging_dir(final: Path, *, allow_existing_store: bool = False) -> Iterator[
     check_new_output(final)
     with atomic_dir(final) as tmp:
         yield tmp
+
+
+def window_fingerprint(root: Path, start: dt.date, end: dt.date) -> str:
+    """Hash of the partition files of [start, end): names, sizes and modification times.
+
+    New or replaced data changes it, so cached stages keyed on it recompute.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    day = start
+    while day < end:
+        for kind in KINDS:
+            folder = partition_dir(root, kind, day)
+            for f in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+                st = f.stat()
+                h.update(f"{kind}/{day}/{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        day += dt.timedelta(days=1)
+    return h.hexdigest()[:20]

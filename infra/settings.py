@@ -43,7 +43,8 @@ class Settings(BaseSettings):
 
     # --- storage -----------------------------------------------------------
     home: Path = Field(Path(".led"), description="Root of all local state (events, work, stack).")
-    events_dir: Path | None = Field(None, description="Event store; default HOME/events.")
+    events_dir: Path | None = Field(None, description="Event store (views/ and clicks/ partitioned by date); "
+                                    "default HOME/events.")
     work_dir: Path | None = Field(None, description="Run folders and caches; default HOME/work.")
     stack_dir: Path | None = Field(None, description="Local stack state, logs and PIDs; default HOME/stack.")
 
@@ -89,9 +90,10 @@ class Settings(BaseSettings):
     prefect_port: int = Field(4200, ge=1, le=65535)
 
     # --- data ----------------------------------------------------------------
-    window_days: int = Field(14, ge=1, description="Training window [D-W, D).")
+    window_days: int = Field(14, ge=1, description="Window W in days: a run for D reads [D-W, D); its last day "
+                             "with events is the evaluation day.")
     click_rating_threshold: float = Field(4.0, description="MovieLens: rating >= this is also a click.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of every random choice (deterministic reruns).")
 
     # --- validation (Great Expectations) ------------------------------------
     max_duplicate_rate: float = Field(0.01, ge=0, le=1)
@@ -107,29 +109,35 @@ class Settings(BaseSettings):
     )
 
     # --- pre-training (PMI + randomized SVD) --------------------------------
-    dim: int = Field(128, ge=2, description="Embedding size d.")
-    min_count: int = Field(5, ge=1, description="Drop items with fewer co-occurrences.")
+    dim: int = Field(128, ge=2, description="Embedding size d (pre-training and LED).")
+    min_count: int = Field(5, ge=1, description="Minimum views (vocabulary) and co-occurrences (PMI) for an "
+                           "item to be embedded.")
     pmi_smoothing: float = Field(0.75, gt=0, le=1)
     svd_oversampling: int = Field(10, ge=0)
-    svd_power_iters: int = Field(2, ge=0)
-    max_timeline: int = Field(200, ge=2, description="Cap per-user timeline length in co-occurrence.")
+    svd_power_iters: int = Field(2, ge=0, description="Power iterations of the randomized SVD.")
+    max_timeline: int = Field(200, ge=2, description="Cap on the items per user timeline (co-occurrence and "
+                              "LED inputs).")
 
     # --- fine-tuning (LED Project) -------------------------------------------
-    loss: LossName = "bpr"
-    num_negatives: int = Field(1000, ge=1)
-    negative_sampling: NegativeSampling = "uniform"
-    learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(512, ge=1)
-    epochs: int = Field(20, ge=1)
+    loss: LossName = Field("bpr", description="Fine-tuning loss: bpr, ns, css (sampled) or multi (full "
+                           "softmax, small catalogs).")
+    num_negatives: int = Field(1000, ge=1, description="Sampled negatives per batch.")
+    negative_sampling: NegativeSampling = Field("uniform", description="Negatives drawn uniformly or by "
+                                                "popularity.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(512, ge=1, description="Users per batch.")
+    epochs: int = Field(20, ge=1, description="Maximum epochs (early stopping on validation NDCG@100).")
     patience: int = Field(3, ge=1, description="Early stopping on validation NDCG@100.")
-    keep_prob: float = Field(0.5, gt=0, le=1)
+    keep_prob: float = Field(0.5, gt=0, le=1, description="Probability of keeping a timeline item in the "
+                             "input while training.")
     target_ratio: float = Field(0.2, gt=0, lt=1)
 
     # --- gate, index, serving ----------------------------------------------
-    gate_tolerance: float = Field(0.02, ge=0, lt=1)
+    gate_tolerance: float = Field(0.02, ge=0, lt=1, description="The challenger is promoted if its NDCG@100 "
+                                  ">= champion's x (1 - tolerance).")
     vocab_min_ratio: float = Field(0.5, gt=0)
     vocab_max_ratio: float = Field(2.0, gt=0)
-    n_trees: int = Field(50, ge=1)
+    n_trees: int = Field(50, ge=1, description="Annoy trees.")
     search_k: int = Field(5000, ge=-1, description="Annoy nodes inspected per query; 5000 gave recall@100 >= 0.99 "
                           "at 20k items with the bias-column conditioning (serving/index.py).")
     min_ann_recall: float = Field(0.95, ge=0, le=1)
@@ -172,6 +180,25 @@ class Settings(BaseSettings):
             if name not in self.model_fields_set:
                 setattr(self, name, url)
 
+    def with_overrides(self, **changes: Any) -> "Settings":
+        """A copy with ``changes`` applied and validated like any other source (``None`` = keep).
+
+        The one override path: flow parameters, command-line flags and tests all
+        come through here, so an invalid value is the same ``UserError`` everywhere.
+        """
+        from pydantic import ValidationError
+
+        from infra.errors import UserError
+
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = sorted(set(changes) - set(type(self).model_fields))
+        if unknown:
+            raise UserError(f"unknown setting(s): {', '.join(unknown)}")
+        try:
+            return type(self).model_validate(self.model_dump() | changes)
+        except ValidationError as exc:
+            raise UserError(_first_error(exc)) from None
+
     # --- derived -------------------------------------------------------------
     @property
     def moto_url(self) -> str:
@@ -210,6 +237,10 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(map(str, first["loc"]))
-        raise UserError(f"invalid setting {field}: {first['msg']} (got {first.get('input')!r})") from None
+        raise UserError(_first_error(exc)) from None
+
+
+def _first_error(exc) -> str:
+    first = exc.errors()[0]
+    field = ".".join(map(str, first["loc"]))
+    return f"invalid setting {field}: {first['msg']} (got {first.get('input')!r})"

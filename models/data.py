@@ -99,11 +99,21 @@ class UserData:
 
 @dataclass
 class EvalSet:
-    """Evaluation users: inputs (fold-in, excluded from rankings) and target sets."""
+    """Evaluation users: inputs (fold-in, excluded from rankings) and targets, as positions in ``item_ids``.
+
+    ``item_ids`` is the set's explicit item universe. For the daily gate it
+    is every item of the window, not one model's vocabulary, so models with
+    different vocabularies are judged on the same targets (a target a model
+    cannot score is a miss for it; ``models.evaluation.evaluate_model`` maps
+    positions to each model's own items). It travels as JSON in item ids
+    (``models.evaluation.save_eval_set``).
+    """
 
     user_ids: np.ndarray
     inputs: Lists
     targets: Lists
+    item_ids: np.ndarray
+    name: str = ""
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -111,9 +121,17 @@ class EvalSet:
     def target_sets(self) -> list[set]:
         return [set(r.tolist()) for r in self.targets.rows()]
 
+    def take(self, idx: Sequence[int]) -> "EvalSet":
+        idx = np.asarray(idx, dtype=np.int64)
+        return EvalSet(self.user_ids[idx], self.inputs.take(idx), self.targets.take(idx), self.item_ids, self.name)
+
     def head(self, n: int) -> "EvalSet":
-        n = min(n, len(self))
-        return EvalSet(self.user_ids[:n], self.inputs.take(range(n)), self.targets.take(range(n)))
+        return self.take(range(min(n, len(self))))
+
+    def timelines(self, limit: int | None = None) -> list[list[str]]:
+        """The inputs as item ids (what a caller would send to serving)."""
+        rows = self.inputs.rows()[:limit]
+        return [[str(self.item_ids[i]) for i in row] for row in rows]
 
 
 @dataclass
@@ -280,7 +298,7 @@ def heldout_split(views: pa.Table, clicks: pa.Table, seed: int, *, test_share: f
         users = np.array([u for u, r in zip(users, rows) if len(r) >= 2], dtype=np.int64)
         rows = [r for r in rows if len(r) >= 2]
         fold, target = fold_in_split(rows, rng, target_share)
-        return EvalSet(user_ids[users], fold, target)
+        return EvalSet(user_ids[users], fold, target, catalog)
 
     valid, test = held(valid_u), held(test_u)
     info = {"users": n, "train_users": len(train), "valid_users": len(valid), "test_users": len(test),
@@ -300,9 +318,12 @@ def build_user_data(views: pa.Table, clicks: pa.Table, index: dict[str, int],
     return UserData(ids, Lists.from_lists(timelines), Lists.from_lists(click_rows))
 
 
-def split_validation(data: UserData, share: float, max_users: int, seed: int,
+def split_validation(data: UserData, item_ids: np.ndarray, share: float, max_users: int, seed: int,
                      min_clicks: int = 2) -> tuple[UserData, EvalSet]:
-    """Hold some training users out for early stopping: their clicks split 80/20, timeline as fold-in."""
+    """Hold some training users out for early stopping: their clicks split 80/20, timeline as fold-in.
+
+    ``item_ids`` is the catalog ``data``'s positions refer to.
+    """
     rng = np.random.default_rng(seed + 1)
     eligible = np.flatnonzero(data.clicks.lengths() >= min_clicks)
     n_valid = min(max_users, int(round(share * len(eligible))))
@@ -317,47 +338,89 @@ def split_validation(data: UserData, share: float, max_users: int, seed: int,
         timeline = data.timelines.row(u)
         inputs.append(timeline[~np.isin(timeline, tgt)])
         targets.append(tgt)
-    return train, EvalSet(data.user_ids[chosen], Lists.from_lists(inputs), Lists.from_lists(targets))
+    return train, EvalSet(data.user_ids[chosen], Lists.from_lists(inputs), Lists.from_lists(targets), item_ids,
+                          "validation")
+
+
+def evaluation_day(views: pa.Table, clicks: pa.Table) -> dt.date | None:
+    """The temporal protocol's evaluation day: the last day with events (views or clicks) in the window.
+
+    The one definition used by the vocabulary plan, the split, ``led train`` and the gate's eval set.
+    Tables carry the ``date`` column of ``infra.events.read_window``.
+    """
+    days = event_days(views, clicks)
+    return days[-1] if days else None
+
+
+def event_days(views: pa.Table, clicks: pa.Table) -> list[dt.date]:
+    """The sorted distinct days with views or clicks."""
+    dates = [t.column("date").combine_chunks().cast(pa.date32()) for t in (views, clicks) if t.num_rows]
+    if not dates:
+        return []
+    return sorted(d.as_py() for d in pc.unique(pa.concat_arrays(dates)))
+
+
+def window_items(views: pa.Table, clicks: pa.Table) -> np.ndarray:
+    """Every item id viewed or clicked in the tables, sorted: the gate's item universe."""
+    ids = [t.column("item_id").combine_chunks() for t in (views, clicks) if t.num_rows]
+    if not ids:
+        return np.zeros(0, dtype=str)
+    return np.asarray(sorted(pc.unique(pa.concat_arrays(ids)).to_pylist()), dtype=str)
 
 
 def temporal_split(views: pa.Table, clicks: pa.Table, item_ids: Sequence[str],
                    max_timeline: int | None = None) -> TemporalSplit:
-    """Targets = clicks on the last day present; inputs = each user's earlier timeline.
+    """Train on the days before :func:`evaluation_day`; evaluate on that day's clicks.
 
-    ``views``/``clicks`` must carry the ``date`` column of ``read_window``. Only
-    users with earlier history and at least one target the model can rank
-    (a catalog item not already in their inputs) are evaluated.
+    ``item_ids`` is the model's vocabulary: training timelines and clicks are
+    positions in it. The test set's universe is every item of the window, so
+    its targets are filtered by no model's vocabulary (a fair gate): users with
+    earlier history and at least one clicked item not already in their
+    inputs are evaluated.
     """
-    dates = pc.unique(pa.concat_arrays([views.column("date").combine_chunks().cast(pa.date32()),
-                                        clicks.column("date").combine_chunks().cast(pa.date32())]))
-    dates = sorted(d.as_py() for d in dates)
-    if len(dates) < 2:
+    days = event_days(views, clicks)
+    if len(days) < 2:
         raise UserError("the temporal protocol needs at least 2 days with events in the window")
-    last = dates[-1]
+    early_v, early_c, last_c = split_last_day(views, clicks, days[-1])
     index = {str(item): i for i, item in enumerate(item_ids)}
-    is_last_v = pc.equal(views.column("date"), pa.scalar(last, pa.date32()))
-    is_last_c = pc.equal(clicks.column("date"), pa.scalar(last, pa.date32()))
-    early_v, early_c = views.filter(pc.invert(is_last_v)), clicks.filter(pc.invert(is_last_c))
     train = build_user_data(early_v, early_c, index, max_timeline)
+    test = last_day_eval_set(early_v, early_c, last_c, window_items(views, clicks), max_timeline,
+                             name=f"clicks-{days[-1]}")
+    info = {"train_days": [str(days[0]), str(days[-2])], "eval_date": str(days[-1]),
+            "train_users": len(train), "eval_users": len(test), "items": len(index),
+            "eval_items": len(test.item_ids),
+            "eval_target_users_total": int(pc.count_distinct(last_c.column("user_id")).as_py())}
+    return TemporalSplit(np.asarray(item_ids, dtype=str), train, test, days[-1], info)
 
-    last_clicks = clicks.filter(is_last_c)
+
+def split_last_day(views: pa.Table, clicks: pa.Table, last: dt.date) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(views before ``last``, clicks before ``last``, clicks on ``last``)."""
+    day = pa.scalar(last, pa.date32())
+    before = [t.filter(pc.less(t.column("date").cast(pa.date32()), day)) for t in (views, clicks)]
+    on_last = clicks.filter(pc.equal(clicks.column("date").cast(pa.date32()), day))
+    return before[0], before[1], on_last
+
+
+def last_day_eval_set(early_views: pa.Table, early_clicks: pa.Table, last_clicks: pa.Table,
+                      universe: np.ndarray, max_timeline: int | None, name: str) -> EvalSet:
+    """Users who clicked on the evaluation day: inputs = their earlier timeline, targets = that day's
+    clicks not already in it, both as positions in ``universe``."""
+    index = {str(item): i for i, item in enumerate(universe)}
     target_users, target_rows = group_items(last_clicks, index)
-    history = {u: i for i, u in enumerate(train.user_ids)}
+    users = pa.array(target_users.tolist(), pa.string())
+    history = build_user_data(early_views.filter(pc.is_in(early_views.column("user_id"), users)),
+                              early_clicks.filter(pc.is_in(early_clicks.column("user_id"), users)),
+                              index, max_timeline, users=target_users)
     ids, inputs, targets = [], [], []
-    for u, row in zip(target_users, target_rows):
-        if u not in history:
-            continue
-        timeline = train.timelines.row(history[u])
+    for u, row in enumerate(target_rows):
+        timeline = history.timelines.row(u)
         row = row[~np.isin(row, timeline)]
         if len(timeline) and len(row):
-            ids.append(u)
+            ids.append(target_users[u])
             inputs.append(timeline)
             targets.append(np.sort(row))
-    test = EvalSet(np.asarray(ids, dtype=str), Lists.from_lists(inputs), Lists.from_lists(targets))
-    info = {"train_days": [str(dates[0]), str(dates[-2])], "eval_date": str(last),
-            "train_users": len(train), "eval_users": len(test), "items": len(index),
-            "eval_target_users_total": len(target_users)}
-    return TemporalSplit(np.asarray(item_ids, dtype=str), train, test, last, info)
+    return EvalSet(np.asarray(ids, dtype=str), Lists.from_lists(inputs), Lists.from_lists(targets),
+                   np.asarray(universe, dtype=str), name)
 
 
 # --------------------------------------------------------------------------- evaluation

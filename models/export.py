@@ -8,9 +8,13 @@ Layout of an exported model folder::
     counts.npy           int64 (I,)                  item view counts (popularity fallback)
     model_card.json      d, loss, parameter count, data window, metrics, hyper-parameters
     eval_timelines.json  optional: {"timelines": [[item ids], ...]} held-out inputs for ANN recall
+    eval_set.json        optional: the held-out clicks it was judged on (models/evaluation.py format),
+                         what ``led register`` gates on
 
-Scoring (DESIGN.md): ``q = mean(V_x)``, ``score_i = q . V_i + b_i``. This module
-needs numpy only, so serving can import it.
+Scoring: ``models.scoring`` (docs/architecture.md, "Scoring"). The model's identity is
+:func:`model_fingerprint`, a hash of its arrays: the registry de-duplicates on it and
+serving names an unregistered model after it. This module needs numpy only, so
+serving can import it.
 """
 from __future__ import annotations
 
@@ -24,9 +28,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from models import scoring
+
 ARRAYS = ("item_ids.npy", "V.npy", "b.npy", "counts.npy")
 CARD = "model_card.json"
 TIMELINES = "eval_timelines.json"
+EVAL_SET = "eval_set.json"
 
 
 @dataclass
@@ -56,31 +63,22 @@ class ExportedModel:
             self._index = {str(item): i for i, item in enumerate(self.item_ids)}
         return self._index
 
-    def encode(self, timeline: Iterable[str]) -> tuple[np.ndarray | None, list[int], int]:
-        """Query vector ``mean(V_x)`` over known items; returns (q or None, known indices, unknown count)."""
-        idx, timeline = self.index_of, [str(i) for i in timeline]
-        known = [idx[i] for i in timeline if i in idx]
-        unknown = len(timeline) - len(known)
-        if not known:
-            return None, [], unknown
-        return self.V[known].mean(axis=0), known, unknown
+    def known_positions(self, timeline: Iterable[str]) -> list[int]:
+        idx = self.index_of
+        return [idx[str(i)] for i in timeline if str(i) in idx]
 
-    def exact_topk(self, timeline: Sequence[str], k: int, exclude_inputs: bool = True) -> tuple[list[str], np.ndarray]:
-        """Exact top-k by ``q . V_i + b_i``; popularity (counts) when no input item is known."""
-        q, known, _ = self.encode(timeline)
-        scores = (self.V @ q + self.b) if q is not None else self.counts.astype(np.float64)
-        scores = scores.astype(np.float64, copy=True)
-        if exclude_inputs and known:
-            scores[known] = -np.inf
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [str(self.item_ids[i]) for i in top], scores[top]
+    def exact_topk(self, timeline: Sequence[str], k: int) -> tuple[list[str], np.ndarray]:
+        """Exact top-k by ``models.scoring`` (inputs excluded, popularity when no input is known)."""
+        known = np.asarray(self.known_positions(timeline), dtype=np.int64)
+        scores = scoring.score_batch(self.V, self.b, self.counts, [known])
+        top = scoring.ranked(scores, k)[0]
+        return [str(self.item_ids[i]) for i in top], scores[0, top]
 
 
 def save_model(folder: Path, item_ids: Sequence[str], V: np.ndarray, b: np.ndarray, counts: np.ndarray,
-               card: dict[str, Any], eval_timelines: list[list[str]] | None = None) -> Path:
-    """Write an exported model atomically (temporary folder, then rename)."""
+               card: dict[str, Any], eval_timelines: list[list[str]] | None = None,
+               files: dict[str, str] | None = None) -> Path:
+    """Write an exported model atomically (temporary folder, then rename); ``files``: extra text files."""
     folder = Path(folder).resolve()
     model = ExportedModel(np.asarray(item_ids, dtype=str), np.asarray(V, np.float32),
                           np.asarray(b, np.float32), np.asarray(counts, np.int64), dict(card), eval_timelines)
@@ -97,6 +95,8 @@ def save_model(folder: Path, item_ids: Sequence[str], V: np.ndarray, b: np.ndarr
         (tmp / CARD).write_text(json.dumps(card, indent=2, default=str))
         if eval_timelines is not None:
             (tmp / TIMELINES).write_text(json.dumps({"timelines": eval_timelines}))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(tmp, folder)
@@ -106,8 +106,8 @@ def save_model(folder: Path, item_ids: Sequence[str], V: np.ndarray, b: np.ndarr
     return folder
 
 
-def content_sha256(folder: Path) -> str:
-    """Fingerprint of a model's arrays (ids, V, b, counts): equal for byte-identical exports."""
+def model_fingerprint(folder: Path) -> str:
+    """The model's identity: sha256 of its arrays (ids, V, b, counts), equal for byte-identical exports."""
     import hashlib
 
     h = hashlib.sha256()

@@ -1,6 +1,6 @@
 """LED fine-tuning on clicks (TensorFlow): the Project variant, its ablations and losses.
 
-The model (DESIGN.md, deepr's LED "Project"):
+The model (docs/architecture.md, "The model"; deepr's LED "Project"):
 
 - ``E`` (I × d): item embeddings from the SVD pre-training, frozen (a constant,
   not a variable, so no optimizer can touch it);
@@ -44,6 +44,7 @@ weights.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -53,7 +54,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from models import scoring
 from models.data import EvalSet, Lists, TemporalSplit, UserData, epoch_examples, evaluate_scorer
+from models.evaluation import evaluate_model
 
 VARIANTS = ("project", "train_e", "no_projection")
 LOSSES = ("bpr", "ns", "css", "multi")
@@ -311,13 +314,11 @@ def epoch_dataset(data: UserData, cfg: LedConfig, sampler: NegativeSampler, rng:
 
 
 # --------------------------------------------------------------------------- scoring and evaluation
-def score_with(V: np.ndarray, b: np.ndarray | None) -> Callable[[list[np.ndarray]], np.ndarray]:
-    """Exact scorer ``mean(V_x)·V + b`` over a batch of input lists (the exported model's rule)."""
-    def score(inputs: list[np.ndarray]) -> np.ndarray:
-        q = np.stack([V[row].mean(axis=0) if len(row) else np.zeros(V.shape[1], V.dtype) for row in inputs])
-        s = q @ V.T
-        return s + b if b is not None else s
-    return score
+def score_with(V: np.ndarray, b: np.ndarray | None,
+               counts: np.ndarray | None = None) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """``models.scoring``'s rule as a batch scorer for ``evaluate_scorer`` (``b=None``: no bias)."""
+    bias = b if b is not None else np.zeros(V.shape[0], V.dtype)
+    return lambda inputs: scoring.score_batch(V, bias, counts, inputs)
 
 
 @dataclass
@@ -340,10 +341,10 @@ class TrainedModel:
         return int(self.V.shape[1])
 
     def scorer(self) -> Callable[[list[np.ndarray]], np.ndarray]:
-        return score_with(self.V, self.b)
+        return score_with(self.V, self.b, self.counts)
 
     def evaluate(self, eval_set: EvalSet) -> dict[str, float]:
-        return evaluate_scorer(self.scorer(), eval_set, len(self.item_ids))
+        return evaluate_model(self, eval_set)
 
     def model_card(self, metrics: dict | None = None, data_window: dict | None = None,
                    extra: dict | None = None) -> dict[str, Any]:
@@ -360,16 +361,18 @@ class TrainedModel:
                eval_set: EvalSet | None = None, extra: dict | None = None, max_eval_users: int = 2000) -> Path:
         """Write V, b, ids, counts and the model card with ``models.export.save_model``.
 
-        ``eval_set`` inputs (up to ``max_eval_users``) go to eval_timelines.json so
-        serving can measure its ANN recall on realistic queries.
+        ``eval_set`` goes whole to eval_set.json (what ``led register`` gates on) and its inputs (up
+        to ``max_eval_users``) to eval_timelines.json, serving's ANN-recall queries.
         """
-        from models.export import save_model
+        from models.evaluation import eval_set_json
+        from models.export import EVAL_SET, save_model
 
-        timelines = None
+        timelines, files = None, {}
         if eval_set is not None:
-            timelines = [[str(self.item_ids[i]) for i in row] for row in eval_set.inputs.rows()[:max_eval_users]]
+            timelines = eval_set.timelines(max_eval_users)
+            files[EVAL_SET] = json.dumps(eval_set_json(eval_set))
         return save_model(folder, self.item_ids, self.V, self.b, self.counts,
-                          self.model_card(metrics, data_window, extra), timelines)
+                          self.model_card(metrics, data_window, extra), timelines, files)
 
 
 def _log(msg: str) -> None:
@@ -423,7 +426,7 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
                   "seconds": round(time.perf_counter() - t0, 3)}
         if use_valid:
             V, b = model.export_arrays()
-            record["val_ndcg@100"] = evaluate_scorer(score_with(V, b), valid, model.n_items)["ndcg@100"]
+            record["val_ndcg@100"] = evaluate_scorer(score_with(V, b, counts), valid, model.n_items)["ndcg@100"]
         history.append(record)
         score = record.get("val_ndcg@100", float(epoch))
         improved = score > best[0]
@@ -456,36 +459,6 @@ def svd_average(embeddings, counts: np.ndarray | None = None, with_bias: bool = 
 
 
 # --------------------------------------------------------------------------- the daily stage
-def evaluate_temporal(model, split: TemporalSplit) -> dict[str, float]:
-    """Recall@20/50, NDCG@100, coverage@20 on the last day's clicks.
-
-    ``model`` is a :class:`TrainedModel` or an exported model (``models.export
-    .ExportedModel``) with its own item index: the split's items are mapped by
-    id, so a champion trained on another vocabulary is judged on the same
-    clicks (targets it cannot rank count as misses).
-    """
-    if isinstance(model, TrainedModel) and np.array_equal(model.item_ids, split.item_ids):
-        return model.evaluate(split.test)
-    own = {str(i): r for r, i in enumerate(model.item_ids)}
-    remap = np.array([own.get(str(i), -1) for i in split.item_ids], dtype=np.int64)
-    n_own = len(model.item_ids)
-
-    def mapped(lists: Lists) -> Lists:
-        rows = []
-        for row in lists.rows():
-            r = remap[row]
-            rows.append(r[r >= 0])
-        return Lists.from_lists(rows)
-
-    inputs = mapped(split.test.inputs)
-    # unknown targets become indices past the catalog: never ranked, still counted in |targets|
-    targets = Lists.from_lists(
-        [np.where(remap[row] >= 0, remap[row], n_own + np.arange(len(row))) for row in split.test.targets.rows()])
-    eval_set = EvalSet(split.test.user_ids, inputs, targets)
-    return evaluate_scorer(score_with(np.asarray(model.V, np.float32), np.asarray(model.b, np.float32)),
-                           eval_set, n_own)
-
-
 def fine_tune_window(embeddings, views, clicks, cfg: LedConfig,
                      progress: Callable[[str], None] | None = _log) -> tuple[TrainedModel, TemporalSplit, dict]:
     """The daily fine-tune stage on one window's events (arrow tables from ``infra.events.read_window``).
@@ -493,7 +466,7 @@ def fine_tune_window(embeddings, views, clicks, cfg: LedConfig,
     Temporal protocol: trains on the days before the window's last day (a share
     of those users held out for early stopping), evaluates on the last day's
     clicks. ``embeddings`` must have been pre-trained without the last day
-    (see :func:`eval_day`), so nothing of the evaluation day leaks.
+    (``models.data.evaluation_day``), so nothing of the evaluation day leaks.
     Returns (model, split, metrics).
     """
     from models.data import split_validation, temporal_split
@@ -502,18 +475,7 @@ def fine_tune_window(embeddings, views, clicks, cfg: LedConfig,
     if len(split.test) == 0:
         raise ValueError(f"no user clicked a known item on {split.eval_date} after earlier activity: "
                          "nothing to evaluate on")
-    train, valid = split_validation(split.train, cfg.valid_share, cfg.valid_max_users, cfg.seed)
+    train, valid = split_validation(split.train, split.item_ids, cfg.valid_share, cfg.valid_max_users, cfg.seed)
     model = fine_tune(embeddings, train, valid, cfg, progress=progress)
-    metrics = model.evaluate(split.test)
+    metrics = evaluate_model(model, split.test)
     return model, split, metrics
-
-
-def eval_day(views, clicks):
-    """The last day with events in the window: the temporal protocol's evaluation day."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    dates = [t.column("date") for t in (views, clicks) if t.num_rows]
-    if not dates:
-        return None
-    return max(pc.max(d.cast(pa.date32())).as_py() for d in dates)

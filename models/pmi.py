@@ -1,6 +1,6 @@
 """Item-item co-occurrence and PMI from views, as Spark jobs over item row blocks.
 
-Definitions (DESIGN.md; Levy, Goldberg & Dagan 2015 for the smoothing):
+Definitions (docs/architecture.md, "Pre-training"; Levy, Goldberg & Dagan 2015 for the smoothing):
 
 - A user's timeline is the *set* of items they viewed in the window. Timelines
   longer than ``max_timeline`` distinct items keep the most recently viewed

@@ -1,6 +1,6 @@
 """Pre-training of item embeddings on views: PMI + randomized SVD, in Spark.
 
-This is the "large-scale matrix factorisation" half of LED (DESIGN.md):
+This is the "large-scale matrix factorisation" half of LED (docs/architecture.md, "Pre-training"):
 
     views of [D-W, D)
       → per-user item sets (capped at ``max_timeline`` most recent items)
@@ -11,7 +11,7 @@ This is the "large-scale matrix factorisation" half of LED (DESIGN.md):
 
 Choice of E: deepr's movielens example fits ``TruncatedSVD`` on the PMI matrix
 and keeps ``svd.transform(pmi) = U Σ``; we do the same, then L2-normalise the
-rows (DESIGN.md). Σ weights the components by importance before the
+rows (docs/architecture.md, "The model"). Σ weights the components by importance before the
 normalisation, so the cosine between two items is dominated by the strong
 directions, as with the full PMI rows. ``counts`` are raw view counts in the
 input (the fine-tuning initialises the biases from them).

@@ -1,6 +1,6 @@
 """Annoy index over ``[V_i, b_i]`` and the per-request recommender.
 
-Scoring (DESIGN.md): ``q = mean(V_x)``, ``score_i = q . V_i + b_i``, i.e. the
+Scoring (docs/architecture.md, "Scoring"; ``models.scoring``): ``q = mean(V_x)``, ``score_i = q . V_i + b_i``, i.e. the
 inner product of the item vector ``[V_i, b_i]`` with the query ``[q, 1]``.
 Annoy's ``dot`` metric answers that maximum-inner-product search.
 

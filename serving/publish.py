@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -39,9 +40,26 @@ def _single_threaded_blas():
         return nullcontext()
 
 
+@dataclass(frozen=True)
+class SlotBuild:
+    """What a push uploads: the files of a slot and its manifest body (index parameters, ANN recall)."""
+
+    files: dict[str, Path]
+    manifest: dict
+
+    @property
+    def ann_recall(self) -> float:
+        return float(self.manifest["ann_recall"])
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model_version"])
+
+
 def build_slot_files(model_dir: Path, work_dir: Path, n_trees: int, search_k: int,
-                     min_recall: float, seed: int = 42) -> tuple[dict[str, Path], dict]:
-    """Build the index next to copies of the model arrays; returns (files to upload, manifest body)."""
+                     min_recall: float, seed: int = 42, model_version: str | None = None) -> SlotBuild:
+    """Build the index next to the model arrays. ``model_version``: the name served (the registry's
+    version); default ``model_version_of`` the export (its card's, else its fingerprint)."""
     from models.export import load_model
 
     model = load_model(model_dir)
@@ -51,7 +69,7 @@ def build_slot_files(model_dir: Path, work_dir: Path, n_trees: int, search_k: in
     files[INDEX_FILE] = built.path
     manifest = {
         "format": 1,
-        "model_version": model_version_of(model_dir, model.card),
+        "model_version": str(model_version or model_version_of(model_dir, model.card)),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "items": len(model.item_ids),
         "index": built.params.to_json(),
@@ -59,7 +77,7 @@ def build_slot_files(model_dir: Path, work_dir: Path, n_trees: int, search_k: in
         "ann_report": built.report,
         "model_card": model.card,
     }
-    return files, manifest
+    return SlotBuild(files, manifest)
 
 
 def publish_model(model_dir: Path, settings, store: BlueGreenStore | None = None,
@@ -68,8 +86,9 @@ def publish_model(model_dir: Path, settings, store: BlueGreenStore | None = None
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="led-push-"))
     try:
-        files, manifest = build_slot_files(Path(model_dir), work, settings.n_trees, settings.search_k,
-                                           settings.min_ann_recall, settings.seed)
+        slot = build_slot_files(Path(model_dir), work, settings.n_trees, settings.search_k,
+                                settings.min_ann_recall, settings.seed)
+        files, manifest = slot.files, slot.manifest
         summary = {"model_version": manifest["model_version"], "ann_recall": manifest["ann_recall"],
                    "min_ann_recall": settings.min_ann_recall, "n_trees": settings.n_trees,
                    "search_k": settings.search_k, "bias_scale": manifest["index"]["bias_scale"],

@@ -1,4 +1,4 @@
-"""Blue/green model storage on S3 (DESIGN.md "Serving storage").
+"""Blue/green model storage on S3 (docs/architecture.md, "Serving storage: blue/green on S3").
 
 Layout::
 
@@ -328,13 +328,12 @@ def _listed_objects(manifest: dict, slot: str) -> dict[str, dict]:
 # --- operations used by the CLI and the pipeline ------------------------------------------------------
 
 def model_version_of(model_dir: Path, card: dict) -> str:
-    """``card["model_version"]`` when present, else a content hash of the arrays."""
+    """``card["model_version"]`` when present, else ``sha-`` + the model's fingerprint (12 hex)."""
+    from models.export import model_fingerprint
+
     if card.get("model_version") not in (None, ""):
         return str(card["model_version"])
-    digest = hashlib.sha256()
-    for name in ("item_ids.npy", "V.npy", "b.npy", "counts.npy"):
-        digest.update(sha256_file(Path(model_dir) / name).encode())
-    return f"sha-{digest.hexdigest()[:12]}"
+    return f"sha-{model_fingerprint(Path(model_dir))[:12]}"
 
 
 def push_slot(store: BlueGreenStore, files: dict[str, Path], manifest: dict,

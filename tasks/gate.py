@@ -6,11 +6,14 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra import registry
+from infra.registry import RunInfo
 from infra.settings import Settings
+from models.evaluation import load_eval_set
+from models.gate import GateDecision, gate
+from models.pipeline import Trained
+from serving.publish import SlotBuild
 
 
 @task(name="evaluate-and-gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def evaluate_and_gate(settings: Settings, trained: dict, registered: dict) -> dict:
-    eval_set = registry.load_eval_set(Path(trained["eval_set"]))
-    return registry.gate(settings, registered["model_version"], eval_set).as_dict()
+def evaluate_and_gate(settings: Settings, trained: Trained, registered: RunInfo, slot: SlotBuild) -> GateDecision:
+    return gate(settings, registered.model_version, load_eval_set(Path(trained.eval_set)), slot.ann_recall)

@@ -1,28 +1,31 @@
 """Task: log the training as an MLflow run and register its pyfunc model (alias ``challenger``)."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra import registry
+from infra.registry import RunInfo
 from infra.settings import Settings
+from models.pipeline import Pretrained, Trained, WindowPlan
+from models.registration import find_registered, register_export
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def register_model(settings: Settings, plan: dict, trained: dict, pretrained: dict, validation: dict,
-                   timings: dict) -> dict:
-    params = {"window_start": plan["start"], "window_days": settings.window_days,
-              "eval_date": plan["eval_day"], "min_count": settings.min_count,
-              "vocabulary_size": pretrained["items"], **trained["config"]}
-    metrics = dict(trained["metrics"]) | {"explained_variance": pretrained["explained_variance"]}
-    reports = [Path(validation["report_path"])] if validation.get("report_path") else []
-    existing = registry.find_registered(settings, Path(trained["model_dir"]), plan["run_date"])
-    if existing is not None:  # a rerun of this date with the same model: keep its version
-        return asdict(existing) | {"reused": True}
-    info = registry.log_training_run(settings, Path(trained["model_dir"]), plan["run_date"], params=params,
-                                     metrics=metrics, history=trained["history"], timings=timings,
-                                     artifacts=reports)
-    return asdict(info) | {"reused": False}
+def register_model(settings: Settings, plan: WindowPlan, trained: Trained, pretrained: Pretrained,
+                   validation_docs: str | None, timings: dict) -> RunInfo:
+    """A rerun of a date whose model is byte-identical keeps its version (``reused``).
+
+    ``validation_docs`` is the Data Docs' index page: its whole folder (sub-pages, assets,
+    result.json) is logged, or the links in the page would be broken in MLflow.
+    """
+    existing = find_registered(settings, Path(trained.model_dir), plan.run_date)
+    if existing is not None:
+        return existing
+    params = {"window_start": plan.start, "window_days": settings.window_days, "eval_date": plan.eval_day,
+              "min_count": settings.min_count, "vocabulary_size": pretrained.items, **trained.config}
+    metrics = dict(trained.metrics) | {"explained_variance": pretrained.explained_variance}
+    return register_export(settings, Path(trained.model_dir), plan.run_date, params=params, metrics=metrics,
+                           history=list(trained.history), timings=timings,
+                           artifacts=[Path(validation_docs).parent] if validation_docs else [])

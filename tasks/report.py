@@ -5,22 +5,26 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from infra.registry import RunInfo
 from infra.settings import Settings
+from models.gate import GateDecision
+from models.pipeline import Pretrained, Trained, WindowPlan
+from serving.publish import SlotBuild
 
 METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20")
 
 
-def mlflow_run_link(settings: Settings, registered: dict) -> str:
+def mlflow_run_link(settings: Settings, registered: RunInfo) -> str:
     uri = settings.mlflow_tracking_uri.rstrip("/")
-    path = f"#/experiments/{registered['experiment_id']}/runs/{registered['run_id']}"
-    return f"[{registered['run_id']}]({uri}/{path})" if uri.startswith("http") else registered["run_id"]
+    path = f"#/experiments/{registered.experiment_id}/runs/{registered.run_id}"
+    return f"[{registered.run_id}]({uri}/{path})" if uri.startswith("http") else registered.run_id
 
 
-def metrics_rows(decision: dict) -> list[dict]:
+def metrics_rows(decision: GateDecision) -> list[dict]:
     rows = []
     for name in METRICS:
-        chal = decision["challenger_metrics"].get(name)
-        champ = decision["champion_metrics"].get(name)
+        chal = decision.challenger_metrics.get(name)
+        champ = decision.champion_metrics.get(name)
         delta = chal - champ if chal is not None and champ is not None else None
         rows.append({"metric": name, "challenger": chal, "champion": champ, "delta": delta})
     return rows
@@ -31,34 +35,36 @@ def _fmt(value) -> str:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def publish_report(settings: Settings, plan: dict, validation: dict, pretrained: dict, trained: dict,
-                   registered: dict, index: dict, decision: dict, pushed: dict | None, timings: dict) -> str:
+def publish_report(settings: Settings, plan: WindowPlan, validation: dict, pretrained: Pretrained,
+                   trained: Trained, registered: RunInfo, slot: SlotBuild, decision: GateDecision,
+                   pushed: dict | None, timings: dict) -> str:
     rows = metrics_rows(decision)
     table = "\n".join(f"| {r['metric']} | {_fmt(r['challenger'])} | {_fmt(r['champion'])} | {_fmt(r['delta'])} |"
                       for r in rows)
     push_line = (f"pushed model version {pushed['model_version']} to slot **{pushed['slot']}** ({pushed['store']})"
                  if pushed else "not pushed: serving keeps the current champion")
-    md = f"""# LED daily run {plan['run_date']}
+    md = f"""# LED daily run {plan.run_date}
 
 ## Data
-Window [{plan['start']}, {plan['run_date']}): {plan['views']:,} views; trained on the days before
-{plan['eval_day']}, evaluated on its clicks. Items seen {plan['items_seen']:,}, vocabulary
-{plan['vocabulary_size']:,}, embedded {pretrained['items']:,} (d={pretrained['dim']},
-explained variance {pretrained['explained_variance']:.3f}).
+Window [{plan.start}, {plan.run_date}): {plan.views:,} views; trained on the days before
+{plan.eval_day}, evaluated on its clicks. Items seen {plan.items_seen:,}, vocabulary
+{plan.vocabulary_size:,}, embedded {pretrained.items:,} (d={pretrained.dim},
+explained variance {pretrained.explained_variance:.3f}).
 
 ## Validation
 {validation['summary_md']}
 
-## Challenger vs champion (same held-out clicks: {decision['eval_set']})
-| metric | challenger v{decision['challenger_version']} | champion v{decision['champion_version'] or '-'} | delta |
+## Challenger vs champion (same held-out clicks, every item of the window: {decision.eval_set})
+| metric | challenger v{decision.challenger_version} | champion v{decision.champion_version or '-'} | delta |
 |---|---|---|---|
 {table}
 
-Trainable parameters {trained['trainable_params']:,}, best epoch {trained['best_epoch']},
-ANN recall@100 {index['ann_recall']:.4f}.
+Popularity on the same clicks: NDCG@100 {_fmt(trained.popularity_metrics.get('ndcg@100'))}.
+Trainable parameters {trained.trainable_params:,}, best epoch {trained.best_epoch},
+ANN recall@100 {slot.ann_recall:.4f}.
 
-## Gate: {'PROMOTED' if decision['promoted'] else 'REJECTED'}
-{chr(10).join('- ' + r for r in decision['reasons'])}
+## Gate: {'PROMOTED' if decision.promoted else 'REJECTED'}
+{chr(10).join('- ' + r for r in decision.reasons)}
 
 ## Serving
 {push_line}
@@ -67,6 +73,6 @@ MLflow run: {mlflow_run_link(settings, registered)}
 
 Seconds per stage: {', '.join(f'{k} {v:.1f}' for k, v in timings.items())}
 """
-    create_markdown_artifact(key="daily-report", markdown=md, description=f"LED daily run {plan['run_date']}")
-    create_table_artifact(key="daily-metrics", table=rows, description=f"metrics {plan['run_date']}")
+    create_markdown_artifact(key="daily-report", markdown=md, description=f"LED daily run {plan.run_date}")
+    create_table_artifact(key="daily-metrics", table=rows, description=f"metrics {plan.run_date}")
     return md

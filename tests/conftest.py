@@ -88,14 +88,6 @@ def led(capsys):
     return run
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 STACK_ENV_KEYS = ("LED_HOME", "LED_MOTO_PORT", "LED_MLFLOW_PORT", "LED_PREFECT_PORT",
                   "LED_MLFLOW_TRACKING_URI", "LED_PREFECT_API_URL", "LED_S3_ENDPOINT_URL")
 
@@ -108,7 +100,7 @@ def local_stack(tmp_path_factory):
     every process it started at the end. Yields the effective Settings.
     """
     from infra.settings import Settings, get_settings
-    from infra.stack import LocalStack
+    from infra.stack import LocalStack, free_port
 
     home = tmp_path_factory.mktemp("led-home")
     ports = {"LED_MOTO_PORT": free_port(), "LED_MLFLOW_PORT": free_port(), "LED_PREFECT_PORT": free_port()}

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from infra.settings import Settings
+from infra.stack import free_port
 from models.export import load_model
 from serving.app import Limits, Poller, Service
 from serving.publish import IndexRejected, publish_model
@@ -34,15 +35,9 @@ LED = [sys.executable, "-m", "cli.main"]
 UPLOADS = len(SLOT_ARTIFACTS) + 2  # arrays + card, index.ann, manifest.json
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=log)
@@ -172,8 +167,9 @@ def test_push_slot_itself_refuses_a_low_recall_manifest(settings, models, tmp_pa
     from serving.publish import build_slot_files
     from serving.storage import RecallBelowFloor, push_slot
 
-    files, manifest = build_slot_files(models["v1"], tmp_path / "w", n_trees=1, search_k=10, min_recall=0.999)
-    assert manifest["ann_recall"] < 0.999
+    slot = build_slot_files(models["v1"], tmp_path / "w", n_trees=1, search_k=10, min_recall=0.999)
+    files, manifest = slot.files, slot.manifest
+    assert slot.ann_recall < 0.999
     store = BlueGreenStore.from_settings(settings)
     with pytest.raises(RecallBelowFloor, match="refusing to push"):
         push_slot(store, files, manifest)

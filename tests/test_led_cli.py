@@ -7,7 +7,10 @@ import pytest
 
 
 @pytest.mark.slow  # Spark pre-training: ~1-2 minutes on the shared 2-core box
-def test_train_exports_a_model_evaluated_on_the_last_day(spark, small_world, led, tmp_path):
+def test_train_exports_a_model_evaluated_on_the_last_day_then_register_gates_it(
+        spark, small_world, led, tmp_path, local_stack, monkeypatch):
+    """``led train --out DIR`` then ``led register --model DIR`` composes: the export carries its eval set."""
+    from models.evaluation import load_eval_set
     from models.export import load_model
 
     out = tmp_path / "model"
@@ -25,6 +28,20 @@ def test_train_exports_a_model_evaluated_on_the_last_day(spark, small_world, led
     assert model.card["data_window"]["train_days"] == ["2026-01-01", "2026-01-09"]
     assert model.eval_timelines and len(model.eval_timelines) <= 2000
     assert "epoch 1/3" in err
+    eval_set = load_eval_set(last["eval_set"])
+    assert len(eval_set) == last["eval_users"] and set(model.item_ids) <= set(eval_set.item_ids)
+
+    monkeypatch.setenv("LED_MLFLOW_MODEL_NAME", "led-train-register")
+    from infra.settings import get_settings
+    get_settings.cache_clear()
+    try:
+        code, reg, _, err = led("register", "--model", out)
+    finally:
+        get_settings.cache_clear()
+    assert code == 0, err
+    assert reg["promoted"] is True and reg["version"] == "1"
+    # the gate scored the registered arrays on the export's own eval set: the training figure again
+    assert reg["challenger_metrics"]["ndcg_at_100"] == pytest.approx(last["ndcg@100"], abs=1e-6)
 
 
 def test_train_rejects_bad_input(led, tmp_path):

@@ -27,6 +27,7 @@ def test_temporal_split_targets_last_day_inputs_earlier():
     # a: history x, y (day 0-1); last-day clicks z and y -> y already in inputs, so target {z}
     # b: history x; target w.  c: no earlier history -> not evaluated
     assert list(split.test.user_ids) == ["a", "b"]
+    assert list(split.test.item_ids) == ["w", "x", "y", "z"]  # the window's items: the universe
     idx = {"w": 0, "x": 1, "y": 2, "z": 3}
     assert split.test.inputs.row(0).tolist() == [idx["x"], idx["y"]]
     assert split.test.targets.row(0).tolist() == [idx["z"]]
@@ -35,18 +36,27 @@ def test_temporal_split_targets_last_day_inputs_earlier():
     assert idx["z"] not in split.train.timelines.items and idx["w"] not in split.train.timelines.items
 
 
-def test_evaluate_temporal_maps_a_champion_with_another_vocabulary():
-    from models.export import ExportedModel
-    from models.led import evaluate_temporal
+def test_gate_targets_are_filtered_by_neither_vocabulary():
+    """Champion and challenger are scored on the same targets: every item clicked on the evaluation day.
 
-    views = events_table([("a", "x", 0), ("a", "z", 1), ("b", "x", 0), ("b", "y", 1)])
+    The challenger (trained on the window) knows x and y; the champion (older) knows x and z. User a
+    clicks z on the last day, user b clicks y. Each model can hit only the target it knows: both get
+    recall 0.5 and each one's miss counts, whichever vocabulary the split was built from.
+    """
+    from models.evaluation import evaluate_model
+    from models.export import ExportedModel
+
+    views = events_table([("a", "x", 0), ("a", "z", 1), ("b", "x", 0), ("b", "y", 1), ("c", "x", 0)])
     clicks = events_table([("a", "x", 0), ("a", "z", 1), ("b", "x", 0), ("b", "y", 1)])
-    split = temporal_split(views, clicks, ["x", "y", "z"])
-    # champion knows x and z only; item z is very close to x, y unknown: a hits, b misses
-    champion = ExportedModel(np.array(["z", "x"]), np.array([[1.0, 0.0], [1.0, 0.0]], np.float32),
-                             np.zeros(2, np.float32), np.ones(2, np.int64))
-    out = evaluate_temporal(champion, split)
-    assert out["users"] == 2 and out["recall@20"] == 0.5
+    v = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    challenger = ExportedModel(np.array(["x", "y"]), v, np.zeros(2, np.float32), np.ones(2, np.int64))
+    champion = ExportedModel(np.array(["z", "x"]), v, np.zeros(2, np.float32), np.ones(2, np.int64))
+    for vocabulary in (["x", "y"], ["x", "z"]):  # the split's training vocabulary changes nothing
+        test = temporal_split(views, clicks, vocabulary).test
+        assert sorted(test.user_ids) == ["a", "b"] and set(test.item_ids) == {"x", "y", "z"}
+        for model in (challenger, champion):
+            out = evaluate_model(model, test)
+            assert out["users"] == 2 and out["recall@20"] == 0.5
 
 
 def test_heldout_split_keeps_test_users_out_of_training():

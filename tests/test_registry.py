@@ -1,8 +1,9 @@
 """MLflow registration, the champion/challenger gate and ``led compare`` against a REAL MLflow server.
 
-The module fixture ``mlflow_server`` starts ``mlflow server`` (SQLite backend,
-local artifact root) on a free port and kills its process group at the end; it
-is self-contained so it can later be swapped for a shared local-stack fixture.
+The MLflow server is the session's local stack (``tests/conftest.py``:
+``local_stack``, the same ``mlflow server`` as ``led stack up``: SQLite
+backend, artifacts proxied by the server); each test uses its own registered
+model name.
 
 The models are real computations on the ``small_world`` event store (numpy
 only): a popularity model, a random-embedding model (clearly worse) and an
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,11 @@ import requests
 from infra import registry
 from infra.errors import UserError
 from infra.settings import Settings, get_settings
+from infra.stack import free_port, stop_group
+from models.evaluation import eval_set_for_day, evaluate_model, load_eval_set, save_eval_set
 from models.export import load_model, save_model
+from models.gate import gate
+from models.registration import register_export
 
 TRAIN_END = "2026-01-10"  # small_world spans 2026-01-01 .. 2026-01-10; the last day is held out
 WINDOW = 9
@@ -36,12 +39,6 @@ MLFLOW_BIN = Path(sys.executable).with_name("mlflow")
 
 
 # --------------------------------------------------------------------------- real models on small_world
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def view_statistics(events_dir: Path) -> dict:
     """Vocabulary, view counts and the item-item co-occurrence matrix of the training window."""
     import scipy.sparse as sp
@@ -95,59 +92,17 @@ def world_models(small_world, tmp_path_factory) -> dict:
         "random": export(root / "random", stats, rng.normal(size=(n, 8)), np.zeros(n), "random"),
         "svd": export(root / "svd", stats, E, np.zeros(n), "svd-average"),
     }
-    eval_set = registry.build_eval_set(small_world, TRAIN_END, WINDOW)  # clicks of the held-out last day
-    validation = registry.build_eval_set(small_world, "2026-01-09", WINDOW - 1)
+    eval_set = eval_set_for_day(small_world, TRAIN_END, WINDOW)  # clicks of the held-out last day
+    validation = eval_set_for_day(small_world, "2026-01-09", WINDOW - 1)
     timings = {"cooccurrence": t1 - t0, "svd": t2 - t1}
     return {"dirs": models, "eval_set": eval_set, "validation": validation, "timings": timings, "root": root}
 
 
 # --------------------------------------------------------------------------- the MLflow server
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on a free port, configured like ``led stack``: SQLite backend, artifacts
-    proxied by the server (``mlflow-artifacts:/`` URIs) into a local folder; killed with its process group."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(MLFLOW_BIN), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        # the registry needs no server-side jobs: without the huey job runners startup is ~2x faster
-        env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health within 90 s")
-            time.sleep(0.5)
-        yield {"url": url, "root": root}
-    finally:
-        stop_group(proc)
-        log.close()
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the whole process group (server + uvicorn), then SIGKILL whatever is left."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
+def mlflow_server(local_stack):
+    """The session's MLflow server (proxied artifacts under the stack's ``mlflow/artifacts``)."""
+    return {"url": local_stack.mlflow_tracking_uri, "root": local_stack.stack_dir / "mlflow"}
 
 
 def stored_path(server, artifact_uri: str) -> Path:
@@ -168,9 +123,10 @@ def server_settings(server, tmp_path, model_name: str) -> Settings:
 def log_model(settings: Settings, world: dict, kind: str, run_date: str, **extra) -> registry.RunInfo:
     """Log one 'training' of ``kind`` with real validation metrics and stage timings."""
     model_dir = world["dirs"][kind]
-    validation = registry.evaluate_exported(load_model(model_dir), world["validation"])
+    validation = {registry.metric_name(k): v
+                  for k, v in evaluate_model(load_model(model_dir), world["validation"]).items()}
     history = [{"epoch": e, "loss": 1.0 / e, "val_ndcg@100": validation["ndcg_at_100"] * e / 3} for e in (1, 2, 3)]
-    return registry.log_training_run(
+    return register_export(
         settings, model_dir, run_date, params={"negatives": 0, "lr": 0.0, "steps": 0, "seed": 7},
         metrics={"recall@20": validation["recall_at_20"], "recall@50": validation["recall_at_50"],
                  "ndcg@100": validation["ndcg_at_100"], "coverage@20": validation["coverage_at_20"]},
@@ -186,7 +142,7 @@ def scenario(mlflow_server, world_models, tmp_path_factory):
     steps = {}
     for day, kind in (("2026-01-10", "popularity"), ("2026-01-11", "random"), ("2026-01-12", "svd")):
         info = log_model(settings, world_models, kind, day, artifacts=[report])
-        steps[kind] = (info, registry.gate(settings, info.model_version, world_models["eval_set"]))
+        steps[kind] = (info, gate(settings, info.model_version, world_models["eval_set"]))
     return {"settings": settings, "steps": steps, **world_models}
 
 
@@ -251,7 +207,7 @@ def test_champion_through_pyfunc_matches_exported_topk(scenario):
     registry.connect(scenario["settings"])
     served = mlflow.pyfunc.load_model(f"models:/{scenario['settings'].mlflow_model_name}@champion")
     exported = load_model(scenario["dirs"]["svd"])
-    timelines = scenario["eval_set"].inputs[:25] + [["no-such-item"], []]
+    timelines = scenario["eval_set"].timelines(25) + [["no-such-item"], []]
     out = served.predict(pd.DataFrame({"items": timelines}), params={"k": 10})
     for timeline, ids, scores in zip(timelines, out["item_ids"], out["scores"]):
         want_ids, want_scores = exported.exact_topk(timeline, 10)
@@ -285,7 +241,7 @@ def test_led_register_cli_logs_and_gates(mlflow_server, world_models, led, monke
     monkeypatch.setenv("LED_MLFLOW_TRACKING_URI", mlflow_server["url"])
     monkeypatch.setenv("LED_MLFLOW_MODEL_NAME", "led-cli-model")
     get_settings.cache_clear()
-    eval_file = registry.save_eval_set(tmp_path / "eval.json", world_models["eval_set"])
+    eval_file = save_eval_set(tmp_path / "eval.json", world_models["eval_set"])
     try:
         code, last, out, err = led("register", "--model", world_models["dirs"]["svd"], "--run-date", "2026-01-10",
                                    "--eval-set", eval_file)
@@ -303,7 +259,7 @@ def test_corrupted_or_missing_champion_artifact_refuses_promotion(mlflow_server,
 
     settings = server_settings(mlflow_server, tmp_path, "led-corrupt-model")
     first = log_model(settings, world_models, "popularity", "2026-01-10")
-    assert registry.gate(settings, first.model_version, world_models["eval_set"]).promoted
+    assert gate(settings, first.model_version, world_models["eval_set"]).promoted
     client = MlflowClient(settings.mlflow_tracking_uri)
     source = client.get_model_version(settings.mlflow_model_name, first.model_version).source
     stored = stored_path(mlflow_server, client.get_logged_model(source.split("/")[-1]).artifact_location)
@@ -311,7 +267,7 @@ def test_corrupted_or_missing_champion_artifact_refuses_promotion(mlflow_server,
     v_file.write_bytes(b"\x93NUMPY garbage")  # truncated / corrupted array
 
     second = log_model(settings, world_models, "svd", "2026-01-11")
-    decision = registry.gate(settings, second.model_version, world_models["eval_set"])
+    decision = gate(settings, second.model_version, world_models["eval_set"])
     assert not decision.promoted
     assert "champion (version 1)" in decision.reasons[0] and "unreadable" in decision.reasons[0]
     assert client.get_model_version_by_alias(settings.mlflow_model_name, "champion").version == "1"
@@ -319,7 +275,7 @@ def test_corrupted_or_missing_champion_artifact_refuses_promotion(mlflow_server,
 
     for path in sorted(stored.rglob("*"), reverse=True):  # the champion's artifacts vanish entirely
         path.unlink() if path.is_file() else path.rmdir()
-    decision = registry.gate(settings, second.model_version, world_models["eval_set"])
+    decision = gate(settings, second.model_version, world_models["eval_set"])
     assert not decision.promoted and "champion (version 1)" in decision.reasons[0]
     assert "cannot be downloaded" in decision.reasons[0] or "missing" in decision.reasons[0]
 
@@ -332,7 +288,7 @@ def test_unreachable_tracking_server_fails_fast_with_one_message(led, monkeypatc
     settings = Settings(mlflow_tracking_uri=dead, home=tmp_path)
     start = time.monotonic()
     with pytest.raises(UserError, match="unreachable") as exc:
-        registry.log_training_run(settings, world_models["dirs"]["svd"], "2026-01-10")
+        register_export(settings, world_models["dirs"]["svd"], "2026-01-10")
     assert time.monotonic() - start < 20 and dead in str(exc.value)
     monkeypatch.setenv("LED_MLFLOW_TRACKING_URI", dead)
     get_settings.cache_clear()
@@ -350,8 +306,8 @@ def test_sqlite_backend_sanity_checks_and_ann_recall_hook(world_models, tmp_path
     settings = Settings(mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", mlflow_model_name="led-sqlite",
                         home=tmp_path)
     eval_set = world_models["eval_set"]
-    first = registry.log_training_run(settings, world_models["dirs"]["svd"], "2026-01-10")
-    assert registry.gate(settings, first.model_version, eval_set).promoted
+    first = register_export(settings, world_models["dirs"]["svd"], "2026-01-10")
+    assert gate(settings, first.model_version, eval_set).promoted
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts live beside the database
 
     nan_dir = tmp_path / "nan_model"
@@ -360,20 +316,20 @@ def test_sqlite_backend_sanity_checks_and_ann_recall_hook(world_models, tmp_path
     V = np.load(nan_dir / "V.npy")
     V[0, 0] = np.nan
     np.save(nan_dir / "V.npy", V)  # bypasses save_model's own check, as a buggy exporter would
-    bad = registry.log_training_run(settings, nan_dir, "2026-01-11")
-    decision = registry.gate(settings, bad.model_version, eval_set)
+    bad = register_export(settings, nan_dir, "2026-01-11")
+    decision = gate(settings, bad.model_version, eval_set)
     assert not decision.promoted and any("NaN" in r for r in decision.reasons)
 
     small = tmp_path / "small_vocab"
     keep = slice(0, len(svd.item_ids) // 3)
     save_model(small, svd.item_ids[keep], svd.V[keep], svd.b[keep], svd.counts[keep], svd.card)
-    decision = registry.gate(settings, registry.log_training_run(settings, small, "2026-01-12").model_version,
+    decision = gate(settings, register_export(settings, small, "2026-01-12").model_version,
                              eval_set)
     assert not decision.promoted and any(r.startswith("vocabulary") and "outside" in r for r in decision.reasons)
 
     low_ann = tmp_path / "low_ann"
     save_model(low_ann, svd.item_ids, svd.V, svd.b, svd.counts, svd.card | {"metrics": {"ann_recall": 0.5}})
-    decision = registry.gate(settings, registry.log_training_run(settings, low_ann, "2026-01-13").model_version,
+    decision = gate(settings, register_export(settings, low_ann, "2026-01-13").model_version,
                              eval_set)
     assert not decision.promoted and any(r.startswith("ANN recall 0.5000 <") for r in decision.reasons)
     assert mlflow.MlflowClient(settings.mlflow_tracking_uri).get_model_version_by_alias(
@@ -384,15 +340,15 @@ def test_eval_set_format_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"inputs": [["a"]]}))
     with pytest.raises(UserError, match="not an eval set"):
-        registry.load_eval_set(bad)
+        load_eval_set(bad)
     bad.write_text(json.dumps({"inputs": [["a"]], "targets": []}))
     with pytest.raises(UserError, match="1 inputs but 0 targets"):
-        registry.load_eval_set(bad)
+        load_eval_set(bad)
     with pytest.raises(UserError, match="unsupported MLflow tracking URI"):
         registry.connect(Settings(mlflow_tracking_uri="file:///tmp/mlruns", home=tmp_path))
     settings = Settings(mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", home=tmp_path)
     with pytest.raises(UserError, match="not an exported model folder"):
-        registry.log_training_run(settings, tmp_path / "no-model", "2026-01-10")
+        register_export(settings, tmp_path / "no-model", "2026-01-10")
     assert not (tmp_path / "mlflow.db").exists()  # refused before touching the tracking store
 
 
@@ -422,7 +378,7 @@ def test_mlflow_models_serve_answers_http(scenario, tmp_path):
                 pass
             assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 120 s"
             time.sleep(0.5)
-        timeline = scenario["eval_set"].inputs[0]
+        timeline = scenario["eval_set"].timelines(1)[0]
         r = requests.post(url + "/invocations", timeout=30,
                           json={"dataframe_records": [{"items": timeline}], "params": {"k": 5}})
         assert r.status_code == 200, r.text
@@ -433,15 +389,6 @@ def test_mlflow_models_serve_answers_http(scenario, tmp_path):
     finally:
         stop_group(proc)
         log.close()
-
-
-def test_batched_rankings_equal_exact_topk(world_models):
-    """The gate's batched ranking is ExportedModel.exact_topk (inputs excluded, popularity fallback)."""
-    timelines = world_models["eval_set"].inputs + [["no-such-item"], []]
-    for kind in ("popularity", "random", "svd"):
-        model = load_model(world_models["dirs"][kind])
-        assert registry.exact_rankings(model, timelines, 100, chunk=16) == \
-            [model.exact_topk(t, 100)[0] for t in timelines], kind
 
 
 def test_led_card_figures_become_metrics_and_run_date(tmp_path):

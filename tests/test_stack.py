@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import free_port
+from infra.stack import free_port
 
 LED = [sys.executable, "-m", "cli.main"]
 pytestmark = pytest.mark.stack

@@ -22,10 +22,7 @@ def run(args) -> int:
     from infra.errors import UserError
     from infra.settings import get_settings
 
-    settings = get_settings()
-    overrides = {k: v for k, v in (("n_trees", args.n_trees), ("search_k", args.search_k)) if v is not None}
-    if overrides:
-        settings = settings.model_copy(update=overrides)
+    settings = get_settings().with_overrides(n_trees=args.n_trees, search_k=args.search_k)
     if not args.model.is_dir():
         raise UserError(f"--model {args.model}: no such folder")
 

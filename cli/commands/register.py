@@ -1,7 +1,8 @@
 """``led register``: log an exported model as an MLflow run + model version, then gate it.
 
-Thin wrapper over ``infra.registry`` for scripts and tests; the daily flow
-calls the same functions. Exit code 0 whether or not the challenger is
+Thin wrapper over ``models.registration`` and ``models.gate`` for scripts and
+tests; the daily flow calls the same functions. ``led train --out DIR`` then
+``led register --model DIR`` composes: the export carries its eval set. Exit code 0 whether or not the challenger is
 promoted (a rejected challenger is a normal outcome, recorded in MLflow);
 2 for bad input or an unreachable tracking server.
 """
@@ -16,12 +17,14 @@ def register(sub) -> None:
         "register", help="log + register an exported model in MLflow and run the champion gate",
         description="Log one MLflow run for an exported model folder (params, metrics, per-epoch history, "
         "timings, artifacts, pyfunc model), register it as a new version with alias 'challenger', then "
-        "compare it with the champion on --eval-set and move alias 'champion' if it qualifies. "
+        "compare it with the champion on the eval set (the export's eval_set.json unless --eval-set is given) "
+        "and move alias 'champion' if it qualifies. "
         "With --promote VERSION, move 'champion' to that version by hand (recorded with --reason).")
     p.add_argument("--model", type=Path, help="exported model folder (models/export.py layout)")
     p.add_argument("--run-date", help="run date YYYY-MM-DD (default: the model card's run_date, else today)")
     p.add_argument("--eval-set", type=Path,
-                   help='JSON {"inputs": [[item ids]], "targets": [[item ids]]} used by the gate')
+                   help='JSON {"inputs": [[item ids]], "targets": [[item ids]]} used by the gate '
+                   "(default: MODEL/eval_set.json, written by `led train`)")
     p.add_argument("--no-gate", action="store_true", help="register only; the version stays challenger")
     for name, what in (("params", "extra parameters"), ("metrics", "final metrics (recall@20, ndcg@100, ...)"),
                        ("history", "list of per-epoch dicts (epoch, loss, val_ndcg@100, ...)"),
@@ -53,6 +56,10 @@ def run(args) -> int:
     from infra.errors import UserError
     from infra.events import parse_date
     from infra.settings import get_settings
+    from models.evaluation import load_eval_set
+    from models.export import EVAL_SET
+    from models.gate import gate
+    from models.registration import register_export
 
     settings = get_settings()
     if args.promote:
@@ -63,20 +70,21 @@ def run(args) -> int:
         return 0
     if args.model is None:
         raise UserError("--model DIR is required (or --promote VERSION)")
-    if not args.no_gate and args.eval_set is None:
-        raise UserError("--eval-set FILE is required for the gate (or pass --no-gate)")
-    eval_set = registry.load_eval_set(args.eval_set) if not args.no_gate else None
+    eval_file = args.eval_set or args.model / EVAL_SET
+    if not args.no_gate and not eval_file.is_file():
+        raise UserError(f"eval set not found: {eval_file} (pass --eval-set FILE, or --no-gate)")
+    eval_set = load_eval_set(eval_file) if not args.no_gate else None
     card = _json_file(args.model / "model_card.json", "model") if (args.model / "model_card.json").is_file() else {}
     run_date = parse_date(args.run_date or registry.card_run_date(card) or dt.date.today().isoformat())
     log(f"[register] logging {args.model} for {run_date} to {settings.mlflow_tracking_uri}")
-    info = registry.log_training_run(
+    info = register_export(
         settings, args.model, run_date, params=_json_file(args.params, "params"),
         metrics=_json_file(args.metrics, "metrics"), history=_json_file(args.history, "history"),
         timings=_json_file(args.timings, "timings"), artifacts=args.report)
     log(f"[register] run {info.run_id} -> {settings.mlflow_model_name} version {info.model_version}")
     result = {"run_id": info.run_id, "version": info.model_version, "model_uri": info.model_uri}
     if eval_set is not None:
-        decision = registry.gate(settings, info.model_version, eval_set)
+        decision = gate(settings, info.model_version, eval_set)
         log(f"[gate] {'promoted' if decision.promoted else 'kept as challenger'}: {'; '.join(decision.reasons)}")
         result |= {"promoted": decision.promoted, "reasons": decision.reasons,
                    "champion_version": decision.champion_version,

@@ -42,8 +42,8 @@ def run(args) -> int:
     from infra.errors import UserError
 
     if args.list_params:
-        for name, (annotation, default) in flow_parameters().items():
-            print(f"{name:20s} {annotation:40s} {default!r}")
+        for name, (group, default) in flow_parameters().items():
+            print(f"{name:20s} {group:10s} {default!r}")
         return 0
     params = parse_params(args.param)
     unknown = set(params) - set(flow_parameters())

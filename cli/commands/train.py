@@ -4,12 +4,15 @@ Temporal protocol (models/data.py): the window's last day with events is the
 evaluation day; E is pre-trained (Spark) and P, b fine-tuned (TensorFlow) on
 the days before it only, then Recall@20/50, NDCG@100 and coverage@20 are
 measured on the evaluation day's clicks given each user's earlier timeline.
+It runs the daily flow's own stage functions (``models.pipeline``: the same
+vocabulary, pre-training and fine-tuning), so it trains the model the flow
+would train; pre-training is cached under the work directory like the flow's.
 The exported folder (models/export.py) holds V = E P, b, ids, counts, the
-model card and up to 2000 evaluation timelines for serving's ANN check.
+model card, the eval set (``led register --model OUT`` gates on it) and up to
+2000 evaluation timelines for serving's ANN check.
 """
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 
@@ -40,66 +43,38 @@ def run(args) -> int:
     from infra.errors import UserError
     from infra.settings import get_settings
 
-    settings = get_settings()
     root = events.require_event_store(args.events)
     run_date = events.parse_date(args.date)
-    window = args.window or settings.window_days
-    if window < 2:
+    settings = get_settings().with_overrides(
+        events_dir=root, window_days=args.window, dim=args.dim, loss=args.loss, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, num_negatives=args.num_negatives,
+        seed=args.seed)
+    if settings.window_days < 2:
         raise UserError("--window must be at least 2 days (the last one is the evaluation day)")
     if args.out.exists() and args.out.is_file():
         raise UserError(f"--out is a file: {args.out}")
 
-    from models.led import LedConfig, eval_day, fine_tune_window
-    from models.pretrain import PretrainConfig, pretrain_window
+    from models.led import LedConfig
+    from models.pipeline import fine_tune_stage, plan_window, pretrain_stage
+    from models.pretrain import PretrainConfig
 
+    plan = plan_window(settings, run_date)
+    log(f"[train] window [{plan.start}, {plan.run_date}): pre-train and fine-tune on [{plan.start}, "
+        f"{plan.eval_day}), evaluate on {plan.eval_day}; vocabulary {plan.vocabulary_size}")
+    pretrained = pretrain_stage(settings, plan, PretrainConfig.from_settings(settings))
+    log(f"[train] pre-trained {pretrained.items} items, d={pretrained.dim}, "
+        f"explained variance {pretrained.explained_variance:.3f}")
     try:
-        cfg = LedConfig.from_settings(settings, dim=args.dim, loss=args.loss, epochs=args.epochs,
-                                      batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                      num_negatives=args.num_negatives, seed=args.seed)
+        config = LedConfig.from_settings(settings)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    views = events.read_window(root, "views", run_date, window)
-    clicks = events.read_window(root, "clicks", run_date, window)
-    if clicks.num_rows == 0:
-        raise UserError(f"no clicks in the window [{run_date - dt.timedelta(days=window)}, {run_date})")
-    last = eval_day(views, clicks)
-    start = run_date - dt.timedelta(days=window)
-    if last <= start:
-        raise UserError("the window has events on one day only: the temporal protocol needs two")
-    log(f"[train] window [{start}, {run_date}): pre-train and fine-tune on [{start}, {last}), evaluate on {last}")
-
-    import numpy as np
-
-    from infra.spark import get_spark
-
-    spark = get_spark(settings)
-    pre_cfg = PretrainConfig.from_settings(settings, dim=cfg.dim, seed=cfg.seed)
-    try:
-        emb = pretrain_window(spark, root, last, (last - start).days, pre_cfg)
-    except ValueError as exc:  # too few items for d, etc.
-        raise UserError(f"pre-training failed: {exc}") from None
-    log(f"[train] pre-trained {len(emb.item_ids)} items, d={emb.E.shape[1]}, "
-        f"explained variance {emb.explained_variance:.3f}")
-    try:
-        model, split, metrics = fine_tune_window(emb, views, clicks, cfg)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    # context for the reader: the same evaluation with a popularity ranking (view counts)
-    from models.data import evaluate_scorer
-
-    counts = model.counts.astype(float)
-    popularity = evaluate_scorer(lambda rows: np.broadcast_to(counts, (len(rows), len(counts))),
-                                 split.test, len(counts))
-    window_info = {"run_date": str(run_date), "window_days": window, "train_days": [str(start), str(last - dt.timedelta(days=1))],
-                   "eval_date": str(last), "views": views.num_rows, "clicks": clicks.num_rows} | split.info
-    card_extra = {"baselines": {"popularity": popularity}, "pretrain": {"explained_variance": emb.explained_variance, "timings": emb.timings,
-                               "sizes": emb.sizes, "config": pre_cfg.__dict__}}
-    model.export(args.out, metrics=metrics, data_window=window_info, eval_set=split.test, extra=card_extra)
+    trained = fine_tune_stage(settings, plan, pretrained, config, model_dir=args.out)
     log(f"[train] exported to {args.out}")
-    emit({"out": str(args.out.resolve()), "trainable_params": model.trainable_params, "d": model.dim,
-          "items": len(model.item_ids), "loss": cfg.loss, "best_epoch": model.best_epoch,
+    metrics = trained.metrics
+    emit({"out": str(args.out.resolve()), "trainable_params": trained.trainable_params, "d": pretrained.dim,
+          "items": pretrained.items, "loss": config.loss, "best_epoch": trained.best_epoch,
           "recall@20": metrics["recall@20"], "recall@50": metrics["recall@50"], "ndcg@100": metrics["ndcg@100"],
-          "coverage@20": metrics["coverage@20"], "popularity_ndcg@100": popularity["ndcg@100"],
-          "eval_users": metrics["users"], "eval_date": str(last),
-          "train_seconds": round(model.train_seconds, 2)})
+          "coverage@20": metrics["coverage@20"], "popularity_ndcg@100": trained.popularity_metrics["ndcg@100"],
+          "eval_users": metrics["users"], "eval_date": plan.eval_day, "eval_set": trained.eval_set,
+          "train_seconds": round(trained.train_seconds, 2)})
     return 0

@@ -1,0 +1,70 @@
+"""The daily flow's parameters: one typed group per stage, each knob defined once in ``infra.settings``.
+
+Each group is a pydantic model whose fields mirror settings fields (same
+type, same description), all defaulting to ``None`` = "the setting's value"
+(``LED_<FIELD>``, ``led.toml`` or its default), so the Prefect UI's custom-run
+form shows the knobs grouped by stage and a rerun changes only what is
+filled in. :func:`settings_for_run` applies the filled ones through
+``Settings.with_overrides``, the one validated override path.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field, create_model
+
+from infra.errors import UserError
+from infra.settings import Settings, get_settings
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("events_dir", "window_days", "seed"),
+    "pretrain": ("dim", "min_count", "max_timeline", "svd_power_iters"),
+    "fine_tune": ("loss", "num_negatives", "negative_sampling", "learning_rate", "batch_size", "epochs",
+                  "keep_prob"),
+    "index": ("n_trees", "search_k"),
+    "gate": ("gate_tolerance",),
+}
+TITLES = {"data": "Data", "pretrain": "Pretrain", "fine_tune": "FineTune", "index": "Index", "gate": "Gate"}
+
+
+def _group(name: str) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for knob in GROUPS[name]:
+        info = Settings.model_fields[knob]
+        default = info.default if info.default is not None else "derived from home"
+        fields[knob] = (Optional[info.annotation], Field(
+            None, description=f"{info.description or knob} Empty: LED_{knob.upper()} or {default!r}."))
+    return create_model(f"{TITLES[name]}Params", __doc__=f"{TITLES[name]} stage knobs (empty = settings).",
+                        **fields)
+
+
+DataParams = _group("data")
+PretrainParams = _group("pretrain")
+FineTuneParams = _group("fine_tune")
+IndexParams = _group("index")
+GateParams = _group("gate")
+
+
+def settings_for_run(*groups: BaseModel) -> Settings:
+    """The run's settings: the environment's, with every filled-in parameter applied (validated)."""
+    changes: dict[str, Any] = {}
+    for group in groups:
+        changes |= group.model_dump(exclude_none=True)
+    return get_settings().with_overrides(**changes)
+
+
+def grouped(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"dim": 64, "run_date": ...}`` → ``{"pretrain": {"dim": 64}, "run_date": ...}`` for the flow call.
+
+    Names that belong to no group (``run_date``, ``push``) pass through; an unknown name is a ``UserError``.
+    """
+    owner = {knob: group for group, knobs in GROUPS.items() for knob in knobs}
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name in owner:
+            out.setdefault(owner[name], {})[name] = value
+        elif name in ("run_date", "push") or name in GROUPS:
+            out[name] = value
+        else:
+            raise UserError(f"unknown flow parameter {name!r} (see `led run --list-params`)")
+    return out

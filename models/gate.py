@@ -1,0 +1,160 @@
+"""The champion/challenger gate (docs/architecture.md, "Registry and gate").
+
+Both models are downloaded from the registry (what would actually be served)
+and scored by ``models.evaluation.evaluate_model`` on one eval set whose item
+universe is every item of the evaluation window, so neither model's
+vocabulary filters the targets. Promotion needs challenger NDCG@100 >=
+champion NDCG@100 x (1 - gate_tolerance) and the sanity checks: finite
+arrays, a vocabulary within [vocab_min_ratio, vocab_max_ratio] x the
+champion's, and an ANN recall >= min_ann_recall when the caller measured one
+(the daily flow passes its index build's). The first version becomes champion
+when its sanity checks pass. An unreadable champion makes the gate refuse (a
+human must look), never crash. The decision and its reasons are tags on the
+version and its run (``infra.registry.record_decision``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infra import registry
+from infra.errors import UserError
+from models.data import EvalSet
+from models.evaluation import evaluate_model, fingerprint
+from models.registration import download_exported
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+    from models.export import ExportedModel
+
+GATE_METRIC = registry.GATE_METRIC
+
+
+@dataclass
+class GateDecision:
+    promoted: bool
+    reasons: list[str]
+    challenger_version: str
+    champion_version: str | None
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    eval_set: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "gate.decision": "promoted" if self.promoted else "rejected",
+            "gate.reasons": " | ".join(self.reasons)[:5000],
+            "gate.champion_version": self.champion_version or "none",
+            "gate.eval_set": self.eval_set,
+            "gate.evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        for side, values in (("challenger", self.challenger_metrics), ("champion", self.champion_metrics)):
+            if GATE_METRIC in values:
+                tags[f"gate.{side}_{GATE_METRIC}"] = f"{values[GATE_METRIC]:.6f}"
+        return tags
+
+    def figures(self) -> dict[str, float]:
+        return ({f"gate/{k}": v for k, v in self.challenger_metrics.items()}
+                | {f"gate/champion_{k}": v for k, v in self.champion_metrics.items()})
+
+
+def _metrics(model: "ExportedModel", eval_set: EvalSet) -> dict[str, float]:
+    return {registry.metric_name(k): float(v) for k, v in evaluate_model(model, eval_set).items()}
+
+
+def _nonfinite(model: "ExportedModel") -> str | None:
+    import numpy as np
+
+    bad = [name for name, arr in (("V", model.V), ("b", model.b)) if not np.isfinite(arr).all()]
+    return f"non-finite values (NaN/inf) in {', '.join(bad)}" if bad else None
+
+
+def _card_ann_recall(model: "ExportedModel") -> float | None:
+    value = (model.card.get("metrics") or {}).get("ann_recall", model.card.get("ann_recall"))
+    return float(value) if value is not None else None
+
+
+def checks(settings: "Settings", challenger: "ExportedModel", champion: "ExportedModel | None",
+           chal_metrics: dict[str, float], champ_metrics: dict[str, float],
+           ann_recall: float | None) -> tuple[list[str], list[str]]:
+    """The gate policy: (failed, passed) human-readable check results."""
+    failed, passed = [], []
+    if problem := _nonfinite(challenger):
+        failed.append(f"challenger has {problem}")
+    else:
+        passed.append("challenger arrays are finite")
+    if ann_recall is not None:
+        (passed if ann_recall >= settings.min_ann_recall else failed).append(
+            f"ANN recall {ann_recall:.4f} {'>=' if ann_recall >= settings.min_ann_recall else '<'} "
+            f"min_ann_recall {settings.min_ann_recall}")
+    ndcg = chal_metrics.get(GATE_METRIC, math.nan)
+    if not math.isfinite(ndcg):
+        failed.append("challenger NDCG@100 on the eval set is not a number")
+    if champion is None:
+        return failed, passed
+    ratio = len(challenger.item_ids) / max(1, len(champion.item_ids))
+    within = settings.vocab_min_ratio <= ratio <= settings.vocab_max_ratio
+    (passed if within else failed).append(
+        f"vocabulary {len(challenger.item_ids)} = {ratio:.2f} x champion's {len(champion.item_ids)} "
+        f"{'within' if within else 'outside'} [{settings.vocab_min_ratio}, {settings.vocab_max_ratio}]")
+    bar = champ_metrics.get(GATE_METRIC, math.nan) * (1 - settings.gate_tolerance)
+    if math.isfinite(ndcg) and math.isfinite(bar):
+        ok = ndcg >= bar
+        (passed if ok else failed).append(
+            f"NDCG@100 {ndcg:.4f} {'>=' if ok else '<'} champion {champ_metrics[GATE_METRIC]:.4f} "
+            f"x (1 - {settings.gate_tolerance}) = {bar:.4f}")
+    return failed, passed
+
+
+def gate(settings: "Settings", challenger_version: str | int, eval_set: EvalSet,
+         ann_recall: float | None = None, model_name: str | None = None) -> GateDecision:
+    """Evaluate challenger and champion on ``eval_set``; move ``champion`` if the challenger qualifies.
+
+    ``ann_recall``: the challenger's measured index recall (default: the model card's, if any).
+    """
+    client = registry.connect(settings)
+    name = model_name or settings.mlflow_model_name
+    version = str(challenger_version)
+    if not any(eval_set.target_sets()):
+        raise UserError(f"eval set {eval_set.name!r} has no user with targets to predict")
+    mv = registry.get_version(client, name, version)
+    champ_version = registry.champion_version(client, name)
+    decision = GateDecision(False, [], version, champ_version,
+                            eval_set=f"{eval_set.name}#{fingerprint(eval_set)} ({len(eval_set)} users)")
+
+    def record(reasons: list[str], promoted: bool = False) -> GateDecision:
+        decision.reasons, decision.promoted = reasons, promoted
+        registry.record_decision(client, name, version, mv.run_id, decision.tags(), decision.figures())
+        return decision
+
+    with tempfile.TemporaryDirectory(prefix="led-gate-") as tmp:
+        try:
+            challenger = download_exported(name, version, Path(tmp) / "challenger")
+        except ValueError as exc:
+            return record([f"challenger {exc}"])
+        decision.challenger_metrics = _metrics(challenger, eval_set)
+        if champ_version == version:
+            return record([f"version {version} is already the champion"], promoted=True)
+        champion = None
+        if champ_version is not None:
+            try:
+                champion = download_exported(name, champ_version, Path(tmp) / "champion")
+            except ValueError as exc:
+                return record([f"refusing promotion: champion (version {champ_version}) {exc}; "
+                               "inspect it, then promote a version explicitly"])
+            decision.champion_metrics = _metrics(champion, eval_set)
+        recall = ann_recall if ann_recall is not None else _card_ann_recall(challenger)
+        failed, passed = checks(settings, challenger, champion, decision.challenger_metrics,
+                                decision.champion_metrics, recall)
+    if champion is None and not failed:
+        passed.insert(0, "no champion yet: first model passing the sanity checks")
+    if not failed:
+        registry.move_champion(client, name, version, champ_version)
+    return record(failed or passed, promoted=not failed)

@@ -1,0 +1,182 @@
+"""The model stages of one daily run as plain functions (docs/architecture.md, "One daily run").
+
+    plan_window → pretrain_stage → fine_tune_stage
+
+The Prefect tasks (``tasks/``) are thin wrappers around these, and ``led
+train`` calls the very same functions, so the command line and the flow train
+the same model. Each stage returns a small frozen record (what the next stage
+and the report need, never the arrays) and writes its output to a
+content-addressed folder under ``settings.work_dir/cache``; a stage whose
+folder is complete returns it without recomputing (a rerun after a late
+failure resumes there, and ``led train`` shares the flow's pre-training).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infra import events
+from infra.errors import UserError
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+    from models.led import LedConfig
+    from models.pretrain import PretrainConfig
+
+
+def stage_dir(settings: "Settings", stage: str, key: dict) -> Path:
+    """A content-addressed folder for a stage's output."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return settings.work_dir / "cache" / stage / digest
+
+
+# --------------------------------------------------------------------------- vocabulary
+@dataclass(frozen=True)
+class WindowPlan:
+    """The run's window: training days [start, eval_day), evaluation day, vocabulary, data fingerprint."""
+
+    events_dir: str
+    run_date: str
+    start: str
+    eval_day: str
+    views: int
+    train_views: int
+    items_seen: int
+    vocabulary: tuple[str, ...]
+    fingerprint: str
+
+    @property
+    def train_days(self) -> int:
+        return (dt.date.fromisoformat(self.eval_day) - dt.date.fromisoformat(self.start)).days
+
+    @property
+    def vocabulary_size(self) -> int:
+        return len(self.vocabulary)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the vocabulary itself (for reports and MLflow params)."""
+        return {k: v for k, v in asdict(self).items() if k != "vocabulary"} | {
+            "train_days": self.train_days, "vocabulary_size": self.vocabulary_size}
+
+
+def plan_window(settings: "Settings", run_date: str | dt.date) -> WindowPlan:
+    """Training days, evaluation day (``models.data.evaluation_day``) and the vocabulary.
+
+    The vocabulary is the items with at least ``min_count`` views in the
+    training days, sorted by id (a stable item index); pre-training then keeps
+    those with ``min_count`` co-occurrences.
+    """
+    import pyarrow.compute as pc
+
+    from models.data import event_days
+
+    day = events.parse_date(run_date)
+    views = events.require_window(settings.events_dir, "views", day, settings.window_days)
+    clicks = events.read_window(settings.events_dir, "clicks", day, settings.window_days)
+    days = event_days(views, clicks)
+    if len(days) < 2:
+        raise UserError(f"the window before {day} has events on {len(days)} day(s): at least 2 are needed")
+    start, eval_day = day - dt.timedelta(days=settings.window_days), days[-1]
+    train = views.filter(pc.less(views.column("date"), eval_day))
+    counts = pc.value_counts(train.column("item_id")).to_pylist()
+    vocab = tuple(sorted(c["values"] for c in counts if c["counts"] >= settings.min_count))
+    if not vocab:
+        raise UserError(f"no item has {settings.min_count}+ views in [{start}, {eval_day}): lower min_count")
+    return WindowPlan(str(settings.events_dir), day.isoformat(), start.isoformat(), eval_day.isoformat(),
+                      views.num_rows, train.num_rows, len(counts), vocab,
+                      events.window_fingerprint(settings.events_dir, start, day))
+
+
+# --------------------------------------------------------------------------- pre-training
+@dataclass(frozen=True)
+class Pretrained:
+    path: str
+    items: int
+    dim: int
+    explained_variance: float
+    timings: dict = field(default_factory=dict)
+
+
+def pretrain_stage(settings: "Settings", plan: WindowPlan, config: "PretrainConfig") -> Pretrained:
+    """PMI + randomized SVD (Spark) on the training days' views of the vocabulary items."""
+    from models.pretrain import Embeddings, pretrain, read_window_views
+
+    out = stage_dir(settings, "pretrain", {"plan": asdict(plan), "config": config.__dict__})
+    if not (out / "pretrain.json").is_file():
+        from infra.spark import get_spark
+
+        spark = get_spark(settings)
+        eval_day = dt.date.fromisoformat(plan.eval_day)
+        views = read_window_views(spark, settings.events_dir, eval_day, plan.train_days)
+        vocab = spark.createDataFrame([(i,) for i in plan.vocabulary], "item_id string")
+        try:
+            emb = pretrain(spark, views.join(vocab.hint("broadcast"), "item_id"), config)
+        except ValueError as exc:  # too few items for d, etc.
+            raise UserError(f"pre-training failed: {exc}") from None
+        emb.save(out)
+    emb = Embeddings.load(out)
+    return Pretrained(str(out), len(emb.item_ids), int(emb.E.shape[1]), float(emb.explained_variance),
+                      dict(emb.timings))
+
+
+# --------------------------------------------------------------------------- fine-tuning
+@dataclass(frozen=True)
+class Trained:
+    """A fine-tuned, evaluated and exported model (the arrays are in ``model_dir``)."""
+
+    model_dir: str
+    eval_set: str
+    metrics: dict
+    popularity_metrics: dict
+    history: tuple
+    best_epoch: int
+    trainable_params: int
+    train_seconds: float
+    config: dict
+
+    @classmethod
+    def from_export(cls, model_dir: Path) -> "Trained":
+        from models.export import EVAL_SET, load_model
+
+        card = load_model(model_dir).card
+        return cls(str(model_dir), str(Path(model_dir) / EVAL_SET), card["metrics"],
+                   card.get("baselines", {}).get("popularity", {}), tuple(card.get("history", [])),
+                   int(card.get("best_epoch", 0)), int(card["trainable_params"]),
+                   float(card.get("train_seconds", 0.0)), card["hyper_parameters"])
+
+
+def fine_tune_stage(settings: "Settings", plan: WindowPlan, pretrained: Pretrained, config: "LedConfig",
+                    model_dir: Path | None = None) -> Trained:
+    """Fine-tune P and b on the training days' clicks, evaluate on the evaluation day's clicks (every
+    item of the window is a target, the popularity ranking alongside), export to ``model_dir``
+    (default: the stage's cache folder)."""
+    from models.evaluation import evaluate_popularity
+    from models.export import CARD
+    from models.led import fine_tune_window
+    from models.pretrain import Embeddings
+
+    cached = model_dir is None  # the stage's own folder is reused when complete; a caller's is rewritten
+    if cached:
+        model_dir = stage_dir(settings, "finetune", {"pretrained": pretrained.path,
+                                                     "config": config.as_dict()}) / "model"
+    model_dir = Path(model_dir)
+    if not (cached and (model_dir / CARD).is_file()):
+        emb = Embeddings.load(Path(pretrained.path))
+        views = events.read_window(settings.events_dir, "views", plan.run_date, settings.window_days)
+        clicks = events.read_window(settings.events_dir, "clicks", plan.run_date, settings.window_days)
+        try:
+            model, split, metrics = fine_tune_window(emb, views, clicks, config)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        popularity = evaluate_popularity(dict(zip(model.item_ids.tolist(), model.counts.tolist())), split.test)
+        window = {"run_date": plan.run_date, "start": plan.start, "eval_date": plan.eval_day,
+                  "window_days": settings.window_days, "views": plan.views} | split.info
+        model.export(model_dir, metrics=metrics, data_window=window, eval_set=split.test,
+                     extra={"baselines": {"popularity": popularity},
+                            "pretrain": {"explained_variance": pretrained.explained_variance,
+                                         "timings": pretrained.timings}})
+    return Trained.from_export(model_dir)
