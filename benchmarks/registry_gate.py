@@ -1,9 +1,9 @@
 """Gate evaluation and registration costs.
 
-1. Gate evaluation: ``exact_rankings`` (one matrix product per chunk of users)
+1. Gate evaluation: ``models.scoring.top_k`` (one matrix product per chunk of users)
    against the baseline per-user ``ExportedModel.exact_topk`` loop, same model,
    same eval set, same process; checks both rank identically.
-2. One ``log_training_run`` (run + artifacts + pyfunc + registration) and one
+2. One ``register_export`` (run + artifacts + pyfunc + registration) and one
    ``gate`` on a local SQLite tracking store, at the same catalog size.
 3. ``mlflow.pyfunc`` predict latency for one timeline (k=100) after loading
    ``models:/NAME@champion``.
@@ -37,12 +37,13 @@ def synthetic_model(folder: Path, items: int, dim: int, seed: int) -> Path:
 
 
 def synthetic_eval_set(items: int, users: int, seed: int):
-    from infra.registry import EvalSet
+    from models.evaluation import eval_set_from_json
 
     rng = np.random.default_rng(seed + 1)
     pick = lambda n: [f"item{i}" for i in rng.integers(0, items, n)]  # noqa: E731
-    return EvalSet(inputs=[pick(int(rng.integers(2, 40))) for _ in range(users)],
-                   targets=[pick(int(rng.integers(1, 10))) for _ in range(users)], name="synthetic")
+    return eval_set_from_json({"inputs": [pick(int(rng.integers(2, 40))) for _ in range(users)],
+                               "targets": [pick(int(rng.integers(1, 10))) for _ in range(users)],
+                               "item_ids": [f"item{i}" for i in range(items)]}, name="synthetic")
 
 
 def main() -> None:
@@ -55,8 +56,11 @@ def main() -> None:
 
     from infra import registry
     from infra.settings import Settings
+    from models import scoring
     from models.export import load_model
+    from models.gate import gate
     from models.metrics import evaluate_rankings
+    from models.registration import register_export
 
     results: dict = {"items": args.items, "dim": args.dim, "users": args.users}
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as tmp:
@@ -64,16 +68,18 @@ def main() -> None:
         model_dir = synthetic_model(tmp / "model", args.items, args.dim, seed=0)
         model = load_model(model_dir)
         eval_set = synthetic_eval_set(args.items, args.users, seed=0)
-        sub = eval_set.inputs[: args.baseline_users]
+        sub = eval_set.timelines(args.baseline_users)
 
         t = time.perf_counter()
         loop = [model.exact_topk(x, 100)[0] for x in sub]
         loop_ms = (time.perf_counter() - t) / len(sub) * 1e3
         t = time.perf_counter()
-        batched = registry.exact_rankings(model, eval_set.inputs, 100)
-        batched_ms = (time.perf_counter() - t) / len(eval_set.inputs) * 1e3
+        # the eval set's universe is the model's catalog here, so positions are the model's own
+        positions = scoring.top_k(model.V, model.b, model.counts, eval_set.inputs.rows(), 100)
+        batched = [[str(model.item_ids[i]) for i in row] for row in positions]
+        batched_ms = (time.perf_counter() - t) / len(eval_set) * 1e3
         same = sum(a == b for a, b in zip(batched, loop)) / len(loop)
-        metrics = evaluate_rankings(batched, eval_set.target_sets(), n_items=args.items)
+        metrics = evaluate_rankings(positions, eval_set.target_sets(), n_items=args.items)
         results["gate_eval"] = {"loop_ms_per_user": loop_ms, "batched_ms_per_user": batched_ms,
                                 "speedup": loop_ms / batched_ms, "identical_rankings": same,
                                 "ndcg@100": metrics["ndcg@100"]}
@@ -84,11 +90,11 @@ def main() -> None:
                             home=tmp)
         registry.connect(settings)
         t = time.perf_counter()
-        info = registry.log_training_run(settings, model_dir, "2026-01-01",
-                                         history=[{"epoch": e, "loss": 1 / e} for e in (1, 2, 3)])
+        info = register_export(settings, model_dir, "2026-01-01",
+                               history=[{"epoch": e, "loss": 1 / e} for e in (1, 2, 3)])
         log_s = time.perf_counter() - t
         t = time.perf_counter()
-        decision = registry.gate(settings, info.model_version, eval_set)
+        decision = gate(settings, info.model_version, eval_set)
         gate_s = time.perf_counter() - t
         import mlflow
         import pandas as pd
@@ -96,15 +102,15 @@ def main() -> None:
         t = time.perf_counter()
         served = mlflow.pyfunc.load_model("models:/bench@champion")
         load_s = time.perf_counter() - t
-        frame = pd.DataFrame({"items": [eval_set.inputs[0]]})
+        frame = pd.DataFrame({"items": eval_set.timelines(1)})
         served.predict(frame, params={"k": 100})
         t = time.perf_counter()
         for _ in range(50):
             served.predict(frame, params={"k": 100})
         predict_ms = (time.perf_counter() - t) / 50 * 1e3
-        results["sqlite"] = {"log_training_run_s": log_s, "gate_s": gate_s, "promoted": decision.promoted,
+        results["sqlite"] = {"register_export_s": log_s, "gate_s": gate_s, "promoted": decision.promoted,
                              "pyfunc_load_s": load_s, "pyfunc_predict_ms": predict_ms}
-        print(f"sqlite     log_training_run {log_s:.1f} s  gate {gate_s:.1f} s (first model, {args.users} users)  "
+        print(f"sqlite     register_export {log_s:.1f} s  gate {gate_s:.1f} s (first model, {args.users} users)  "
               f"pyfunc load {load_s:.2f} s  predict {predict_ms:.1f} ms/timeline (k=100)")
 
     out = ROOT / "benchmarks" / "results" / "registry_gate.json"

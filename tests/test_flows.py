@@ -114,9 +114,14 @@ def test_deployment_custom_run_through_worker(local_stack, world):
                                   {"deployments": {"name": {"any_": ["daily"]}}})
         dep = deployments[0]
         assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
-        assert set(dep["parameter_openapi_schema"]["properties"]) >= {"run_date", "dim", "loss", "n_trees"}
-        params = {"run_date": "2026-01-08", "events_dir": str(world), "dim": 12, "epochs": 1,
-                  "num_negatives": 50, "loss": "ns"}
+        schema = dep["parameter_openapi_schema"]
+        assert set(schema["properties"]) == {"run_date", "data", "pretrain", "fine_tune", "index", "gate", "push"}
+        assert schema["properties"]["run_date"]["anyOf"][0]["format"] == "date"
+        groups = schema["definitions"]
+        assert {"dim", "min_count"} <= set(groups["PretrainParams"]["properties"])
+        assert "enum" in groups["FineTuneParams"]["properties"]["loss"]["anyOf"][0]
+        params = {"run_date": "2026-01-08", "data": {"events_dir": str(world)}, "pretrain": {"dim": 12},
+                  "fine_tune": {"epochs": 1, "num_negatives": 50, "loss": "ns"}}
         run = prefect_api(local_stack, f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})
         state = None
         deadline = time.monotonic() + 600
@@ -128,7 +133,8 @@ def test_deployment_custom_run_through_worker(local_stack, world):
                 break
             time.sleep(2)
         assert state == "COMPLETED", flow_run["state"]
-        assert flow_run["name"] == "led-daily-2026-01-08" and flow_run["parameters"]["loss"] == "ns"
+        assert flow_run["name"] == "led-daily-2026-01-08"
+        assert flow_run["parameters"]["fine_tune"]["loss"] == "ns"
         artifacts = prefect_api(local_stack, "/artifacts/filter",
                                 {"flow_runs": {"id": {"any_": [run["id"]]}}})
         keys = {a["key"] for a in artifacts}
@@ -142,6 +148,10 @@ def test_deployment_custom_run_through_worker(local_stack, world):
         exp = client.get_experiment_by_name(local_stack.mlflow_experiment)
         runs = client.search_runs([exp.experiment_id], filter_string="params.loss = 'ns'")
         assert runs and runs[0].data.params["d"] == "12"
+        # the validation Data Docs arrive whole: the index page, its sub-pages and the result JSON
+        docs = [a.path for a in client.list_artifacts(runs[0].info.run_id, "reports/validation")]
+        assert {"reports/validation/index.html", "reports/validation/result.json"} <= set(docs), docs
+        assert any(a.is_dir for a in client.list_artifacts(runs[0].info.run_id, "reports/validation")), docs
     finally:
         for _ in range(2):  # a Prefect worker needs two signals to exit
             if worker.poll() is None:
@@ -160,6 +170,11 @@ def test_fourteen_day_simulation_with_faults(local_stack):
                          "--serve-port", free_port(), *FAST, timeout=3000)
     assert code == 0, log[-4000:]
     assert res["days"] == 14 and res["runs"] == 12 and len(res["ndcg@100"]) == 12
-    assert res["validation_failures"] >= 1 and res["gate_rejections"] >= 1
+    outcome = {r["run_date"]: r["outcome"] for r in res["runs_detail"]}
+    # bad data on day index 6 (2026-01-07) fails the next run, and only it: the day is then re-ingested
+    assert [d for d, o in outcome.items() if o == "validation-failed"] == ["2026-01-08"], outcome
+    # the weak model trained for 2026-01-11 (day index 9) is the one the gate refuses
+    assert outcome["2026-01-11"].startswith("gate rejected"), outcome
+    assert not any(o.startswith("failed") for o in outcome.values()), outcome
     assert res["serving_errors"] == 0 and res["serving_queries"] > 0 and res["failed_runs"] == 0
     assert res["pushes"] >= 1
