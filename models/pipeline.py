@@ -37,12 +37,18 @@ def stage_dir(settings: "Settings", stage: str, key: dict) -> Path:
 # --------------------------------------------------------------------------- vocabulary
 @dataclass(frozen=True)
 class WindowPlan:
-    """The run's window: training days [start, eval_day), evaluation day, vocabulary, data fingerprint."""
+    """The run's window: training days [start, train_end), evaluation day, vocabulary, data fingerprint.
+
+    An evaluated model trains up to the evaluation day (``train_end == eval_day``); the refit that
+    ships trains on the whole window (``train_end == run_date``, docs/architecture.md, "Shipping the
+    freshest day").
+    """
 
     events_dir: str
     run_date: str
     start: str
     eval_day: str
+    train_end: str
     views: int
     train_views: int
     items_seen: int
@@ -51,7 +57,11 @@ class WindowPlan:
 
     @property
     def train_days(self) -> int:
-        return (dt.date.fromisoformat(self.eval_day) - dt.date.fromisoformat(self.start)).days
+        return (dt.date.fromisoformat(self.train_end) - dt.date.fromisoformat(self.start)).days
+
+    @property
+    def includes_eval_day(self) -> bool:
+        return self.train_end > self.eval_day
 
     @property
     def vocabulary_size(self) -> int:
@@ -63,12 +73,13 @@ class WindowPlan:
             "train_days": self.train_days, "vocabulary_size": self.vocabulary_size}
 
 
-def plan_window(settings: "Settings", run_date: str | dt.date) -> WindowPlan:
+def plan_window(settings: "Settings", run_date: str | dt.date, whole_window: bool = False) -> WindowPlan:
     """Training days, evaluation day (``models.data.evaluation_day``) and the vocabulary.
 
-    The vocabulary is the items with at least ``min_count`` views in the
-    training days, sorted by id (a stable item index); pre-training then keeps
-    those with ``min_count`` co-occurrences.
+    Training stops before the evaluation day, or with ``whole_window`` includes
+    it (the refit). The vocabulary is the items with at least ``min_count``
+    views in the training days, sorted by id (a stable item index);
+    pre-training then keeps those with ``min_count`` co-occurrences.
     """
     import pyarrow.compute as pc
 
@@ -81,13 +92,14 @@ def plan_window(settings: "Settings", run_date: str | dt.date) -> WindowPlan:
     if len(days) < 2:
         raise UserError(f"the window before {day} has events on {len(days)} day(s): at least 2 are needed")
     start, eval_day = day - dt.timedelta(days=settings.window_days), days[-1]
-    train = views.filter(pc.less(views.column("date"), eval_day))
+    train_end = day if whole_window else eval_day
+    train = views.filter(pc.less(views.column("date"), train_end))
     counts = pc.value_counts(train.column("item_id")).to_pylist()
     vocab = tuple(sorted(c["values"] for c in counts if c["counts"] >= settings.min_count))
     if not vocab:
-        raise UserError(f"no item has {settings.min_count}+ views in [{start}, {eval_day}): lower min_count")
+        raise UserError(f"no item has {settings.min_count}+ views in [{start}, {train_end}): lower min_count")
     return WindowPlan(str(settings.events_dir), day.isoformat(), start.isoformat(), eval_day.isoformat(),
-                      views.num_rows, train.num_rows, len(counts), vocab,
+                      train_end.isoformat(), views.num_rows, train.num_rows, len(counts), vocab,
                       events.window_fingerprint(settings.events_dir, start, day))
 
 
@@ -110,8 +122,7 @@ def pretrain_stage(settings: "Settings", plan: WindowPlan, config: "PretrainConf
         from infra.spark import get_spark
 
         spark = get_spark(settings)
-        eval_day = dt.date.fromisoformat(plan.eval_day)
-        views = read_window_views(spark, settings.events_dir, eval_day, plan.train_days)
+        views = read_window_views(spark, settings.events_dir, plan.train_end, plan.train_days)
         vocab = spark.createDataFrame([(i,) for i in plan.vocabulary], "item_id string")
         try:
             emb = pretrain(spark, views.join(vocab.hint("broadcast"), "item_id"), config)
