@@ -19,8 +19,9 @@ from infra.settings import Settings, get_settings
 GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("events_dir", "window_days", "seed"),
     "pretrain": ("dim", "min_count", "max_timeline", "svd_power_iters"),
-    "fine_tune": ("loss", "num_negatives", "negative_sampling", "learning_rate", "batch_size", "epochs",
-                  "keep_prob"),
+    "fine_tune": ("loss", "num_negatives", "negative_sampling", "learning_rate", "batch_size", "max_steps",
+                  "epochs", "eval_every", "patience", "lr_schedule", "warmup_share", "bias_lr_scale",
+                  "init_scale", "keep_prob"),
     "index": ("n_trees", "search_k"),
     "gate": ("gate_tolerance",),
 }

@@ -118,16 +118,23 @@ class Settings(BaseSettings):
     max_timeline: int = Field(200, ge=2, description="Cap on the items per user timeline (co-occurrence and "
                               "LED inputs).")
 
-    # --- fine-tuning (LED Project) -------------------------------------------
+    # --- fine-tuning (LED Project); the schedule is explained in models/led.py -----
     loss: LossName = Field("bpr", description="Fine-tuning loss: bpr, ns, css (sampled) or multi (full "
                            "softmax, small catalogs).")
     num_negatives: int = Field(1000, ge=1, description="Sampled negatives per batch.")
     negative_sampling: NegativeSampling = Field("uniform", description="Negatives drawn uniformly or by "
                                                 "popularity.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    batch_size: int = Field(512, ge=1, description="Users per batch.")
-    epochs: int = Field(20, ge=1, description="Maximum epochs (early stopping on validation NDCG@100).")
-    patience: int = Field(3, ge=1, description="Early stopping on validation NDCG@100.")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak Adam rate (after warm-up) of P.")
+    batch_size: int = Field(0, ge=0, description="Users per step; 0 = derived from the training users "
+                            "(a power of two near users/10 in [32, 512]).")
+    epochs: int = Field(200, ge=1, description="Cap on passes over the training users (the budget is max_steps).")
+    max_steps: int = Field(1500, ge=1, description="Optimizer-step budget; the rate decays to 0 at its end.")
+    eval_every: int = Field(0, ge=0, description="Steps between validation evaluations; 0 = max_steps / 40.")
+    patience: int = Field(8, ge=1, description="Evaluations without a better validation NDCG@100 before stopping.")
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="Linear warm-up then cosine decay.")
+    warmup_share: float = Field(0.05, ge=0, lt=1, description="Share of max_steps spent warming up.")
+    bias_lr_scale: float = Field(1.0, gt=0, description="Rate of the biases b relative to P's.")
+    init_scale: float = Field(4.0, gt=0, description="P starts as init_scale x identity.")
     keep_prob: float = Field(0.5, gt=0, le=1, description="Probability of keeping a timeline item in the "
                              "input while training.")
     target_ratio: float = Field(0.2, gt=0, lt=1)

@@ -84,22 +84,38 @@ def import_tf():
 
 
 # --------------------------------------------------------------------------- configuration
+def _setting(name: str):
+    """The default of a training knob: infra/settings.py is the one place defaults live."""
+    from infra.settings import Settings
+
+    return Settings.model_fields[name].default
+
+
+SCHEDULES = ("cosine", "constant")
+EVALUATIONS_PER_BUDGET = 40  # eval_every = 0: validate ~40 times over the step budget
+
+
 @dataclass
 class LedConfig:
-    dim: int = 128
-    loss: str = "bpr"
-    num_negatives: int = 1000
-    negative_sampling: str = "uniform"
-    learning_rate: float = 1e-3
-    batch_size: int = 512
-    epochs: int = 20
-    patience: int = 3
-    keep_prob: float = 0.5
-    target_ratio: float = 0.2
-    seed: int = 42
+    dim: int = _setting("dim")
+    loss: str = _setting("loss")
+    num_negatives: int = _setting("num_negatives")
+    negative_sampling: str = _setting("negative_sampling")
+    learning_rate: float = _setting("learning_rate")
+    batch_size: int = _setting("batch_size")  # 0: derived from the number of training users
+    epochs: int = _setting("epochs")  # a cap on passes over the data; the budget is max_steps
+    max_steps: int = _setting("max_steps")
+    eval_every: int = _setting("eval_every")  # 0: derived from the step budget
+    patience: int = _setting("patience")  # evaluations without improvement
+    lr_schedule: str = _setting("lr_schedule")
+    warmup_share: float = _setting("warmup_share")
+    bias_lr_scale: float = _setting("bias_lr_scale")
+    keep_prob: float = _setting("keep_prob")
+    target_ratio: float = _setting("target_ratio")
+    seed: int = _setting("seed")
     variant: str = "project"
-    init_scale: float = 4.0
-    max_timeline: int = 200
+    init_scale: float = _setting("init_scale")
+    max_timeline: int = _setting("max_timeline")
     valid_share: float = 0.1
     valid_max_users: int = 2000
 
@@ -110,19 +126,67 @@ class LedConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.negative_sampling not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampling must be uniform or popularity, got {self.negative_sampling!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 < self.keep_prob <= 1 or not 0 < self.target_ratio < 1:
             raise ValueError("keep_prob must be in (0, 1] and target_ratio in (0, 1)")
+        if self.batch_size < 0 or self.eval_every < 0 or self.max_steps < 1 or self.epochs < 1 or self.patience < 1:
+            raise ValueError("batch_size and eval_every must be >= 0 (0 = derived); max_steps, epochs and "
+                             "patience >= 1")
+        if not 0 <= self.warmup_share < 1 or self.bias_lr_scale <= 0:
+            raise ValueError("warmup_share must be in [0, 1) and bias_lr_scale > 0")
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "LedConfig":
         names = ("dim", "loss", "num_negatives", "negative_sampling", "learning_rate", "batch_size",
-                 "epochs", "patience", "keep_prob", "target_ratio", "seed", "max_timeline")
+                 "epochs", "max_steps", "eval_every", "patience", "lr_schedule", "warmup_share",
+                 "bias_lr_scale", "keep_prob", "target_ratio", "seed", "init_scale", "max_timeline")
         values = {n: getattr(settings, n) for n in names}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The resolved training schedule of one fine-tuning (what the ``0 = derived`` knobs became)."""
+
+    batch_size: int
+    steps_per_epoch: int
+    max_steps: int
+    eval_every: int
+    warmup_steps: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def auto_batch_size(n_users: int) -> int:
+    """A power of two near ``n_users / 10`` within [32, 512]: at least ~10 steps per epoch on a small
+    data set, and the batch of the large ones (where a step costs O(B·(T + N)·d))."""
+    return int(np.clip(2 ** round(math.log2(max(n_users, 1) / 10)), 32, 512))
+
+
+def resolve_schedule(cfg: LedConfig, n_users: int) -> Schedule:
+    batch = cfg.batch_size or auto_batch_size(n_users)
+    per_epoch = max(1, math.ceil(n_users / batch))
+    max_steps = min(cfg.max_steps, cfg.epochs * per_epoch)
+    every = cfg.eval_every or max(1, math.ceil(max_steps / EVALUATIONS_PER_BUDGET))
+    return Schedule(batch, per_epoch, max_steps, min(every, max_steps), int(round(cfg.warmup_share * max_steps)))
+
+
+def learning_rate_schedule(cfg: LedConfig, schedule: Schedule, scale: float = 1.0):
+    """Linear warm-up to ``scale · learning_rate``, then cosine decay to 0 at ``max_steps`` (or constant)."""
+    tf = import_tf()
+    peak = scale * cfg.learning_rate
+    if cfg.lr_schedule == "constant":
+        return peak
+    decay = max(1, schedule.max_steps - schedule.warmup_steps)
+    return tf.keras.optimizers.schedules.CosineDecay(
+        0.0 if schedule.warmup_steps else peak, decay, warmup_target=peak if schedule.warmup_steps else None,
+        warmup_steps=schedule.warmup_steps)
 
 
 def initial_bias(counts: np.ndarray) -> np.ndarray:
@@ -302,13 +366,15 @@ def _ragged(lists: Lists):
     return tf.RaggedTensor.from_row_splits(tf.constant(lists.items, tf.int32), tf.constant(lists.indptr, tf.int64))
 
 
-def epoch_dataset(data: UserData, cfg: LedConfig, sampler: NegativeSampler, rng: np.random.Generator):
+def epoch_dataset(data: UserData, cfg: LedConfig, sampler: NegativeSampler, rng: np.random.Generator,
+                  batch_size: int | None = None):
     """tf.data pipeline of one epoch: ragged (inputs, targets) batches zipped with sampled negatives."""
     tf = import_tf()
+    batch_size = batch_size or cfg.batch_size or auto_batch_size(len(data))
     inputs, targets = epoch_examples(data, cfg.target_ratio, cfg.keep_prob, rng)
-    n_batches = max(1, math.ceil(len(inputs) / cfg.batch_size))
+    n_batches = max(1, math.ceil(len(inputs) / batch_size))
     negatives = np.stack([sampler.sample(cfg.num_negatives) for _ in range(n_batches)])
-    examples = tf.data.Dataset.from_tensor_slices((_ragged(inputs), _ragged(targets))).batch(cfg.batch_size)
+    examples = tf.data.Dataset.from_tensor_slices((_ragged(inputs), _ragged(targets))).batch(batch_size)
     ds = tf.data.Dataset.zip((examples, tf.data.Dataset.from_tensor_slices(negatives)))
     return ds.prefetch(2), len(inputs)
 
@@ -323,7 +389,13 @@ def score_with(V: np.ndarray, b: np.ndarray | None,
 
 @dataclass
 class TrainedModel:
-    """A fine-tuned LED model as plain arrays plus its training record."""
+    """A fine-tuned LED model as plain arrays plus its training record.
+
+    ``history`` has one row per validation evaluation, the first one (step 0)
+    being the initialisation; ``initial_valid`` / ``valid_metrics`` are the
+    validation NDCG@100 and Recall@20 of the initialisation and of the kept
+    (best) weights, so the gain of the fine-tuning is their difference.
+    """
 
     item_ids: np.ndarray
     V: np.ndarray
@@ -335,6 +407,11 @@ class TrainedModel:
     best_epoch: int = 0
     train_seconds: float = 0.0
     P: np.ndarray | None = None
+    best_step: int = 0
+    steps: int = 0
+    initial_valid: dict = field(default_factory=dict)
+    valid_metrics: dict = field(default_factory=dict)
+    schedule: dict = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -352,7 +429,9 @@ class TrainedModel:
         card = {"model": "LED" if trained else "SVD-average", "variant": self.config.variant, "d": self.dim,
                 "loss": self.config.loss if trained else "none",
                 "trainable_params": self.trainable_params, "items": len(self.item_ids),
-                "hyper_parameters": self.config.as_dict(), "best_epoch": self.best_epoch,
+                "hyper_parameters": self.config.as_dict(), "schedule": self.schedule,
+                "best_epoch": self.best_epoch, "best_step": self.best_step, "steps": self.steps,
+                "validation": {"initialisation": self.initial_valid, "trained": self.valid_metrics},
                 "train_seconds": round(self.train_seconds, 3), "history": self.history,
                 "metrics": metrics or {}, "data_window": data_window or {}}
         return card | (extra or {})
@@ -379,6 +458,38 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+VALID_METRICS = ("ndcg@100", "recall@20")
+
+
+def _valid_metrics(model: LedModel, valid: EvalSet, counts: np.ndarray) -> dict[str, float]:
+    V, b = model.export_arrays()
+    out = evaluate_scorer(score_with(V, b, counts), valid, model.n_items)
+    return {m: out[m] for m in VALID_METRICS}
+
+
+def _optimizers(cfg: LedConfig, schedule: Schedule, model: LedModel):
+    """(optimizer, variables) pairs: one Adam for E/P, one for b (its own rate, ``bias_lr_scale``)."""
+    tf = import_tf()
+    weights = [v for v in model.trainable if v is not model.b]
+    pairs = [(tf.keras.optimizers.Adam(learning_rate_schedule(cfg, schedule, cfg.bias_lr_scale)), [model.b])]
+    if weights:
+        pairs.insert(0, (tf.keras.optimizers.Adam(learning_rate_schedule(cfg, schedule)), weights))
+    return pairs
+
+
+def _batches(train: UserData, cfg: LedConfig, schedule: Schedule, sampler: NegativeSampler,
+             rng: np.random.Generator):
+    """(epoch, inputs, targets, negatives) until ``max_steps`` batches or ``epochs`` passes."""
+    step = 0
+    for epoch in range(1, cfg.epochs + 1):
+        ds, _ = epoch_dataset(train, cfg, sampler, rng, schedule.batch_size)
+        for (inputs, targets), negatives in ds:
+            if step >= schedule.max_steps:
+                return
+            step += 1
+            yield epoch, inputs, targets, negatives
+
+
 def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig,
               counts: np.ndarray | None = None, progress: Callable[[str], None] | None = _log) -> TrainedModel:
     """Fine-tune LED on ``train`` (indices into ``embeddings.item_ids``), early-stopping on ``valid``.
@@ -386,8 +497,14 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
     ``embeddings`` is anything with ``item_ids``, ``E`` (I × d) and ``counts``
     (the pre-training's :class:`models.pretrain.Embeddings`); ``counts`` overrides
     the counts used for the bias initialisation and popularity negatives.
-    Returns the best epoch's weights (by validation NDCG@100, or the last
-    epoch when ``valid`` is None or empty).
+
+    The budget is ``max_steps`` optimizer steps (see :func:`resolve_schedule`);
+    validation NDCG@100 is measured before the first step and every
+    ``eval_every`` steps, training stops after ``patience`` evaluations without
+    improvement and the best evaluation's weights are kept (the initialisation
+    included: a fine-tuning that only hurts returns the initialisation). With
+    ``valid`` None or empty the whole budget is trained and the last weights
+    are returned.
     """
     tf = import_tf()
     try:
@@ -400,51 +517,79 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
         raise ValueError("no training clicks: nothing to fine-tune on")
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
+    schedule = resolve_schedule(cfg, len(train))
     model = LedModel(E, counts, cfg.variant, cfg.init_scale, cfg.seed)
     sampler = NegativeSampler(counts, cfg.negative_sampling, np.random.default_rng(cfg.seed + 7))
     model.log_q = tf.constant(np.log(sampler.q).astype(np.float32))
-    optimizer = tf.keras.optimizers.Adam(cfg.learning_rate)
+    optimizers = _optimizers(cfg, schedule, model)
     loss_fn = LOSS_FUNCTIONS[cfg.loss]
     ragged = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1, row_splits_dtype=tf.int64)
 
     @tf.function(input_signature=[ragged, ragged, tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
     def train_step(inputs, targets, negatives):
+        variables = [v for _, vs in optimizers for v in vs]
         with tf.GradientTape() as tape:
             loss = loss_fn(model, model.hidden(inputs), targets, negatives, tf.gather(model.log_q, negatives))
-        grads = tape.gradient(loss, model.trainable)
-        optimizer.apply_gradients(zip(grads, model.trainable))
+        grads = iter(tape.gradient(loss, variables))
+        for optimizer, vs in optimizers:
+            optimizer.apply_gradients(zip([next(grads) for _ in vs], vs))
         return loss
 
-    history: list[dict] = []
-    best = (-1.0, 0, model.get_weights())
     use_valid = valid is not None and len(valid) > 0
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        ds, n_examples = epoch_dataset(train, cfg, sampler, rng)
-        losses = [float(train_step(inp, tgt, neg)) for (inp, tgt), neg in ds]
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "examples": n_examples,
+    initial = _valid_metrics(model, valid, counts) if use_valid else {}
+    history: list[dict] = [{"step": 0, "epoch": 0, "seconds": 0.0} | {f"val_{k}": v for k, v in initial.items()}]
+    best = {"score": initial.get("ndcg@100", -1.0), "step": 0, "epoch": 0, "weights": model.get_weights(),
+            "metrics": initial}
+    losses: list[float] = []
+    step, epoch, t0 = 0, 0, time.perf_counter()
+    _report(progress, cfg, schedule, history[0], True)
+    for epoch, inputs, targets, negatives in _batches(train, cfg, schedule, sampler, rng):
+        losses.append(float(train_step(inputs, targets, negatives)))
+        step += 1
+        if not np.isfinite(losses[-1]):
+            raise FloatingPointError(f"training diverged at step {step} (loss {losses[-1]})")
+        if step % schedule.eval_every and step < schedule.max_steps:
+            continue
+        record = {"step": step, "epoch": epoch, "loss": float(np.mean(losses)),
+                  "learning_rate": float(optimizers[0][0].learning_rate.numpy()),
                   "seconds": round(time.perf_counter() - t0, 3)}
+        losses = []
         if use_valid:
-            V, b = model.export_arrays()
-            record["val_ndcg@100"] = evaluate_scorer(score_with(V, b, counts), valid, model.n_items)["ndcg@100"]
+            metrics = _valid_metrics(model, valid, counts)
+            record |= {f"val_{k}": v for k, v in metrics.items()}
         history.append(record)
-        score = record.get("val_ndcg@100", float(epoch))
-        improved = score > best[0]
+        improved = (record["val_ndcg@100"] > best["score"]) if use_valid else True
         if improved:
-            best = (score, epoch, model.get_weights())
-        if progress:
-            val = f" val ndcg@100 {record['val_ndcg@100']:.4f}{' *' if improved else ''}" if use_valid else ""
-            progress(f"[led {cfg.variant}/{cfg.loss}] epoch {epoch}/{cfg.epochs} loss {record['loss']:.4f}"
-                     f"{val} {record['seconds']:.1f}s")
-        if not np.isfinite(record["loss"]):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {record['loss']})")
-        if use_valid and epoch - best[1] >= cfg.patience:
+            best = {"score": record.get("val_ndcg@100", 0.0), "step": step, "epoch": epoch,
+                    "weights": model.get_weights(), "metrics": metrics if use_valid else {}}
+        _report(progress, cfg, schedule, record, improved)
+        if use_valid and (step - best["step"]) >= cfg.patience * schedule.eval_every:
             break
-    model.set_weights(best[2])
+    model.set_weights(best["weights"])
     V, b = model.export_arrays()
     P = model.P.numpy() if model.P is not None else None
     return TrainedModel(np.asarray(embeddings.item_ids, dtype=str), V, b, counts, cfg, model.trainable_params,
-                        history, best[1], time.perf_counter() - start, P)
+                        history, best["epoch"], time.perf_counter() - start, P, best_step=best["step"],
+                        steps=step, initial_valid=initial, valid_metrics=best["metrics"],
+                        schedule=schedule.as_dict())
+
+
+def _report(progress, cfg: LedConfig, schedule: Schedule, record: dict, improved: bool) -> None:
+    if not progress:
+        return
+    val = f" val ndcg@100 {record['val_ndcg@100']:.4f}{' *' if improved else ''}" if "val_ndcg@100" in record else ""
+    loss = f" loss {record['loss']:.4f}" if "loss" in record else ""
+    progress(f"[led {cfg.variant}/{cfg.loss}] step {record['step']}/{schedule.max_steps} (epoch {record['epoch']}, "
+             f"batch {schedule.batch_size}){loss}{val} {record['seconds']:.1f}s")
+
+
+def initialisation(embeddings, cfg: LedConfig, counts: np.ndarray | None = None) -> TrainedModel:
+    """The model :func:`fine_tune` starts from (``P = init_scale·I``, ``b = log-popularity``), untrained:
+    the reference its gain is measured against."""
+    counts = np.asarray(embeddings.counts if counts is None else counts, dtype=np.int64)
+    model = LedModel(np.asarray(embeddings.E, dtype=np.float32), counts, cfg.variant, cfg.init_scale, cfg.seed)
+    V, b = model.export_arrays()
+    return TrainedModel(np.asarray(embeddings.item_ids, dtype=str), V, b, counts, cfg, 0)
 
 
 def svd_average(embeddings, counts: np.ndarray | None = None, with_bias: bool = False,

@@ -11,6 +11,9 @@ Model names:
 - ``popularity``, ``ease``, ``mult_vae`` (models.baselines);
 - ``svd_average`` (E only, ``P = I``, no bias), ``svd_average_bias`` (with the
   log-popularity bias);
+- ``led_init``: LED-Project's initialisation (``P = init_scale·I``, ``b`` =
+  log-popularity) before any optimizer step, so ``led_project - led_init`` is
+  what the fine-tuning added;
 - ``led_project`` (the configured loss), ``led_project_<loss>`` for another
   loss (bpr, ns, css, multi), ``led_train_e`` and ``led_no_projection``
   (ablations);
@@ -37,14 +40,14 @@ import numpy as np
 
 from models.data import HeldoutSplit, evaluate_scorer, heldout_split, load_events
 
-DEFAULT_MODELS = ("popularity", "ease", "mult_vae", "svd_average", "led_project")
+DEFAULT_MODELS = ("popularity", "ease", "mult_vae", "svd_average", "led_init", "led_project")
 METRICS = ("recall@20", "recall@50", "ndcg@100", "coverage@20")
 
 
 def known_model(name: str) -> bool:
     from models.led import LOSSES
 
-    fixed = {"oracle", "popularity", "ease", "mult_vae", "svd_average", "svd_average_bias", "led_project",
+    fixed = {"oracle", "popularity", "ease", "mult_vae", "svd_average", "svd_average_bias", "led_init", "led_project",
              "led_train_e", "led_no_projection", "led_project_views"}
     return name in fixed or (name.startswith("led_project_") and name[len("led_project_"):] in LOSSES)
 
@@ -121,7 +124,7 @@ def _evaluate(name: str, score: Callable, split: HeldoutSplit, train_seconds: fl
 def run_seed(spark, views, clicks, seed: int, cfg: QualityConfig, progress=_log,
              truth_dir: Path | None = None) -> dict[str, dict]:
     from models import baselines
-    from models.led import LedConfig, fine_tune, svd_average
+    from models.led import LedConfig, fine_tune, initialisation, svd_average
 
     led_cfg: LedConfig = dataclasses.replace(cfg.led or LedConfig(), seed=seed)
     split = heldout_split(views, clicks, seed, min_positives=cfg.min_positives)
@@ -159,6 +162,9 @@ def run_seed(spark, views, clicks, seed: int, cfg: QualityConfig, progress=_log,
             if name.startswith("svd_average"):
                 model = svd_average(emb, with_bias=name.endswith("_bias"), cfg=led_cfg)
                 info = dict(emb_info)
+            elif name == "led_init":
+                model = initialisation(emb, led_cfg)
+                info = dict(emb_info)
             else:
                 overrides = {}
                 if name == "led_train_e":
@@ -170,7 +176,10 @@ def run_seed(spark, views, clicks, seed: int, cfg: QualityConfig, progress=_log,
                 model = fine_tune(emb, split.train, split.valid, dataclasses.replace(led_cfg, **overrides),
                                   progress=progress)
                 info = emb_info | {"trainable_params": model.trainable_params, "best_epoch": model.best_epoch,
-                                   "loss": model.config.loss, "variant": model.config.variant}
+                                   "best_step": model.best_step, "steps": model.steps, "schedule": model.schedule,
+                                   "loss": model.config.loss, "variant": model.config.variant,
+                                   "valid_initialisation": model.initial_valid, "valid_trained": model.valid_metrics,
+                                   "history": model.history}
             # LED's own cost includes the pre-training it depends on
             seconds = model.train_seconds + emb_info["pretrain_seconds"]
             fitted = baselines.Fitted(name, model.scorer(), seconds, info)

@@ -13,24 +13,31 @@ def register(sub) -> None:
     q = bench.add_parser(
         "quality", help="Recall@20/50, NDCG@100 of LED and baselines on held-out users",
         description="Held-out users (20%% test, 10%% validation, 80/20 fold-in/targets), clicks as positives. "
-        "Models: popularity, ease, mult_vae, svd_average, svd_average_bias, led_project, led_project_<loss> "
+        "Models: popularity, ease, mult_vae, svd_average, svd_average_bias, led_init (LED's initialisation, "
+        "before any step), led_project, led_project_<loss> "
         "(bpr, ns, css, multi), led_train_e, led_no_projection, led_project_views, oracle (synthetic worlds). "
-        "Prints the table "
-        "(mean ± std over seeds) and ends with one JSON line.")
+        "LED's hyper-parameters default to the settings (`led config`), the same as the daily flow's. "
+        "Prints the table (mean ± std over seeds) and ends with one JSON line.")
     q.add_argument("--events", type=Path, required=True, help="event store folder")
     q.add_argument("--seeds", type=int, default=3, help="number of user splits (default 3)")
     q.add_argument("--models", default=None,
-                   help="comma-separated model names (default popularity,ease,mult_vae,svd_average,led_project)")
+                   help="comma-separated model names "
+                   "(default popularity,ease,mult_vae,svd_average,led_init,led_project)")
     q.add_argument("--views-pretrain", action="store_true",
                    help="also report led_project_views: E pre-trained on views and clicks")
     q.add_argument("--dim", type=int, default=None, help="LED embedding size d (default settings.dim)")
     q.add_argument("--loss", choices=["bpr", "ns", "css", "multi"], default=None)
     q.add_argument("--num-negatives", type=int, default=None)
     q.add_argument("--negative-sampling", choices=["uniform", "popularity"], default=None)
-    q.add_argument("--epochs", type=int, default=None)
-    q.add_argument("--patience", type=int, default=None)
-    q.add_argument("--batch-size", type=int, default=None)
-    q.add_argument("--learning-rate", type=float, default=None)
+    q.add_argument("--epochs", type=int, default=None, help="cap on passes over the training users")
+    q.add_argument("--max-steps", type=int, default=None, help="optimizer-step budget")
+    q.add_argument("--eval-every", type=int, default=None, help="steps between validations (0 = derived)")
+    q.add_argument("--patience", type=int, default=None, help="validations without improvement before stopping")
+    q.add_argument("--batch-size", type=int, default=None, help="users per step (0 = derived)")
+    q.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    q.add_argument("--lr-schedule", choices=["cosine", "constant"], default=None)
+    q.add_argument("--warmup-share", type=float, default=None, help="share of the budget spent warming up")
+    q.add_argument("--bias-lr-scale", type=float, default=None, help="rate of the biases relative to P's")
     q.add_argument("--keep-prob", type=float, default=None)
     q.add_argument("--init-scale", type=float, default=None, help="P initialised to INIT_SCALE x identity")
     q.add_argument("--min-count", type=int, default=None, help="pre-training min co-occurrence count")
@@ -64,9 +71,10 @@ def run(args) -> int:
     try:
         led_cfg = LedConfig.from_settings(
             settings, dim=args.dim, loss=args.loss, num_negatives=args.num_negatives,
-            negative_sampling=args.negative_sampling, epochs=args.epochs, patience=args.patience,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, keep_prob=args.keep_prob,
-            init_scale=args.init_scale)
+            negative_sampling=args.negative_sampling, epochs=args.epochs, max_steps=args.max_steps,
+            eval_every=args.eval_every, patience=args.patience, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, warmup_share=args.warmup_share,
+            bias_lr_scale=args.bias_lr_scale, keep_prob=args.keep_prob, init_scale=args.init_scale)
     except (ValueError, TypeError) as exc:
         raise UserError(str(exc)) from None
     vae = MultVaeConfig(epochs=args.vae_epochs) if args.vae_epochs else MultVaeConfig()
