@@ -23,7 +23,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                   "epochs", "eval_every", "patience", "lr_schedule", "warmup_share", "bias_lr_scale",
                   "init_scale", "keep_prob"),
     "index": ("n_trees", "search_k"),
-    "gate": ("gate_tolerance",),
+    "gate": ("gate_tolerance", "refit_whole_window"),
 }
 TITLES = {"data": "Data", "pretrain": "Pretrain", "fine_tune": "FineTune", "index": "Index", "gate": "Gate"}
 

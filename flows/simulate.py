@@ -176,9 +176,12 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
               "failed_runs": 0, "serving_queries": 0, "serving_errors": 0}
     ndcg: list[float | None] = []
     runs = []
-    live_version = None
+    live_version, live_items = None, None
+    coverage: list[float] = []
     try:
         for i, day in enumerate(world.days()):
+            if live_items is not None:  # the clicks of the day after the live model was trained
+                coverage.append(scorable_share(day.clicks, live_items))
             views = day.views
             if i in cfg.bad_data_days:
                 views = drop_volume(day.views, keep=0.1, seed=cfg.seed + i)
@@ -197,14 +200,16 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
             outcome = _account(result, totals)
             ndcg.append(result.get("ndcg@100"))
             runs.append({"run_date": run_date, "outcome": outcome} |
-                        {k: result.get(k) for k in ("model_version", "pushed_slot", "ndcg@100",
-                                                    "champion_ndcg@100")})
+                        {k: result.get(k) for k in ("model_version", "pushed_slot", "pushed_version",
+                                                    "refit_shipped", "ndcg@100", "champion_ndcg@100",
+                                                    "initialisation_ndcg@100", "popularity_ndcg@100")})
             log(f"[simulate] {run_date}: {outcome} ndcg@100={result.get('ndcg@100')}")
             if result.get("validation_failed"):
                 events.write_day(store, "views", day.date, day.views)  # the operator re-ingests the day
             if result.get("pushed_slot"):
-                serving.wait_for_version(result["model_version"])
-                live_version = result["model_version"]
+                live_version = result.get("pushed_version") or result["model_version"]
+                serving.wait_for_version(live_version)
+                live_items = _model_items(result.get("pushed_model_dir"))
             if live_version is not None:
                 q, e = query_serving(serving, day.views, cfg.queries_per_day, cfg.seed + i)
                 totals["serving_queries"] += q
@@ -214,7 +219,20 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
     finally:
         serving.stop()
     return totals | {"ndcg@100": ndcg, "live_model_version": live_version, "event_store": str(store),
-                     "runs_detail": runs}
+                     "runs_detail": runs, "next_day_scorable_share": coverage,
+                     "mean_next_day_scorable_share": float(np.mean(coverage)) if coverage else None}
+
+
+def scorable_share(clicks, items: set[str]) -> float:
+    """Share of a day's clicks on items the live model can score (it has a vector for them)."""
+    ids = clicks.column("item_id").to_pylist()
+    return sum(1 for i in ids if i in items) / max(1, len(ids))
+
+
+def _model_items(model_dir: str | None) -> set[str] | None:
+    if not model_dir:
+        return None
+    return set(np.load(Path(model_dir) / "item_ids.npy", allow_pickle=False).astype(str).tolist())
 
 
 def _account(result: dict, totals: dict) -> str:

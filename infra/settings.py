@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     target_ratio: float = Field(0.2, gt=0, lt=1)
 
     # --- gate, index, serving ----------------------------------------------
+    refit_whole_window: bool = Field(True, description="After a promotion, refit on the whole window (the "
+                                     "evaluation day included) and ship the refit if it passes the sanity "
+                                     "checks (docs/architecture.md, \"Shipping the freshest day\").")
     gate_tolerance: float = Field(0.02, ge=0, lt=1, description="The challenger is promoted if its NDCG@100 "
                                   ">= champion's x (1 - tolerance).")
     vocab_min_ratio: float = Field(0.5, gt=0)

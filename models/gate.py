@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from models.export import ExportedModel
 
 GATE_METRIC = registry.GATE_METRIC
+REFIT_OF_TAG = "refit_of"  # on a refit's version: the promoted version it was refit from
 
 
 @dataclass
@@ -81,29 +82,38 @@ def _card_ann_recall(model: "ExportedModel") -> float | None:
     return float(value) if value is not None else None
 
 
-def checks(settings: "Settings", challenger: "ExportedModel", champion: "ExportedModel | None",
-           chal_metrics: dict[str, float], champ_metrics: dict[str, float],
-           ann_recall: float | None) -> tuple[list[str], list[str]]:
-    """The gate policy: (failed, passed) human-readable check results."""
+def sanity_checks(settings: "Settings", model: "ExportedModel", reference: "ExportedModel | None",
+                  ann_recall: float | None, name: str = "challenger") -> tuple[list[str], list[str]]:
+    """What any model must pass to be served: finite arrays, the index's recall floor, a vocabulary
+    within [vocab_min_ratio, vocab_max_ratio] of ``reference``'s. (failed, passed) reasons."""
     failed, passed = [], []
-    if problem := _nonfinite(challenger):
-        failed.append(f"challenger has {problem}")
+    if problem := _nonfinite(model):
+        failed.append(f"{name} has {problem}")
     else:
-        passed.append("challenger arrays are finite")
+        passed.append(f"{name} arrays are finite")
     if ann_recall is not None:
         (passed if ann_recall >= settings.min_ann_recall else failed).append(
             f"ANN recall {ann_recall:.4f} {'>=' if ann_recall >= settings.min_ann_recall else '<'} "
             f"min_ann_recall {settings.min_ann_recall}")
+    if reference is not None:
+        ratio = len(model.item_ids) / max(1, len(reference.item_ids))
+        within = settings.vocab_min_ratio <= ratio <= settings.vocab_max_ratio
+        (passed if within else failed).append(
+            f"vocabulary {len(model.item_ids)} = {ratio:.2f} x {len(reference.item_ids)} "
+            f"{'within' if within else 'outside'} [{settings.vocab_min_ratio}, {settings.vocab_max_ratio}]")
+    return failed, passed
+
+
+def checks(settings: "Settings", challenger: "ExportedModel", champion: "ExportedModel | None",
+           chal_metrics: dict[str, float], champ_metrics: dict[str, float],
+           ann_recall: float | None) -> tuple[list[str], list[str]]:
+    """The gate policy: the sanity checks against the champion, then NDCG@100 against the champion's."""
+    failed, passed = sanity_checks(settings, challenger, champion, ann_recall)
     ndcg = chal_metrics.get(GATE_METRIC, math.nan)
     if not math.isfinite(ndcg):
         failed.append("challenger NDCG@100 on the eval set is not a number")
     if champion is None:
         return failed, passed
-    ratio = len(challenger.item_ids) / max(1, len(champion.item_ids))
-    within = settings.vocab_min_ratio <= ratio <= settings.vocab_max_ratio
-    (passed if within else failed).append(
-        f"vocabulary {len(challenger.item_ids)} = {ratio:.2f} x champion's {len(champion.item_ids)} "
-        f"{'within' if within else 'outside'} [{settings.vocab_min_ratio}, {settings.vocab_max_ratio}]")
     bar = champ_metrics.get(GATE_METRIC, math.nan) * (1 - settings.gate_tolerance)
     if math.isfinite(ndcg) and math.isfinite(bar):
         ok = ndcg >= bar
@@ -142,6 +152,10 @@ def gate(settings: "Settings", challenger_version: str | int, eval_set: EvalSet,
         decision.challenger_metrics = _metrics(challenger, eval_set)
         if champ_version == version:
             return record([f"version {version} is already the champion"], promoted=True)
+        if champ_version is not None and _refit_of(client, name, champ_version) == version:
+            # a rerun: the champion is this challenger refit on the whole window (it saw the eval day)
+            return record([f"version {version} is already the champion through its refit, version "
+                           f"{champ_version}"], promoted=True)
         champion = None
         if champ_version is not None:
             try:
@@ -158,3 +172,38 @@ def gate(settings: "Settings", challenger_version: str | int, eval_set: EvalSet,
     if not failed:
         registry.move_champion(client, name, version, champ_version)
     return record(failed or passed, promoted=not failed)
+
+
+def _refit_of(client, name: str, version: str) -> str | None:
+    return (client.get_model_version(name, version).tags or {}).get(REFIT_OF_TAG)
+
+
+
+def ship_refit(settings: "Settings", refit_version: str, evaluated_version: str,
+               ann_recall: float | None, model_name: str | None = None) -> GateDecision:
+    """Make the refit of a promoted version the champion if it passes the sanity checks
+    (docs/architecture.md, "Shipping the freshest day"); else the evaluated version stays champion."""
+    client = registry.connect(settings)
+    name = model_name or settings.mlflow_model_name
+    mv = registry.get_version(client, name, refit_version)
+    champ = registry.champion_version(client, name)
+    decision = GateDecision(False, [], str(refit_version), champ, eval_set=f"refit of version {evaluated_version}")
+    if champ == str(refit_version):
+        decision.promoted, decision.reasons = True, [f"version {refit_version} is already the champion"]
+        return decision
+    with tempfile.TemporaryDirectory(prefix="led-refit-") as tmp:
+        try:
+            refit = download_exported(name, str(refit_version), Path(tmp) / "refit")
+            evaluated = download_exported(name, str(evaluated_version), Path(tmp) / "evaluated")
+        except ValueError as exc:
+            failed, passed = [f"refit {exc}"], []
+        else:
+            failed, passed = sanity_checks(settings, refit, evaluated, ann_recall, name="refit")
+    decision.promoted = not failed and champ == str(evaluated_version)
+    if not failed and not decision.promoted:
+        failed = [f"the champion moved to version {champ} meanwhile: the refit of {evaluated_version} is not shipped"]
+    decision.reasons = failed or [f"refit of promoted version {evaluated_version} on the whole window", *passed]
+    if decision.promoted:
+        registry.move_champion(client, name, str(refit_version), None)  # previous_champion stays the old one
+    registry.record_decision(client, name, str(refit_version), mv.run_id, decision.tags(), {})
+    return decision

@@ -491,8 +491,12 @@ def _batches(train: UserData, cfg: LedConfig, schedule: Schedule, sampler: Negat
 
 
 def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig,
-              counts: np.ndarray | None = None, progress: Callable[[str], None] | None = _log) -> TrainedModel:
+              counts: np.ndarray | None = None, progress: Callable[[str], None] | None = _log,
+              initial: tuple[np.ndarray, np.ndarray] | None = None) -> TrainedModel:
     """Fine-tune LED on ``train`` (indices into ``embeddings.item_ids``), early-stopping on ``valid``.
+
+    ``initial``: (P, b) to start from instead of ``init_scale · I`` and the log-popularity bias
+    (the refit of ``models.refit`` warm-starts from the evaluated model).
 
     ``embeddings`` is anything with ``item_ids``, ``E`` (I × d) and ``counts``
     (the pre-training's :class:`models.pretrain.Embeddings`); ``counts`` overrides
@@ -519,6 +523,11 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
     rng = np.random.default_rng(cfg.seed)
     schedule = resolve_schedule(cfg, len(train))
     model = LedModel(E, counts, cfg.variant, cfg.init_scale, cfg.seed)
+    if initial is not None:
+        if model.P is None:
+            raise ValueError("a warm start needs a variant with a projection P")
+        model.P.assign(np.asarray(initial[0], np.float32))
+        model.b.assign(np.asarray(initial[1], np.float32))
     sampler = NegativeSampler(counts, cfg.negative_sampling, np.random.default_rng(cfg.seed + 7))
     model.log_q = tf.constant(np.log(sampler.q).astype(np.float32))
     optimizers = _optimizers(cfg, schedule, model)

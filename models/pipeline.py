@@ -135,6 +135,9 @@ def pretrain_stage(settings: "Settings", plan: WindowPlan, config: "PretrainConf
 
 
 # --------------------------------------------------------------------------- fine-tuning
+GAIN_METRICS = ("ndcg@100", "recall@20")
+
+
 @dataclass(frozen=True)
 class Trained:
     """A fine-tuned, evaluated and exported model (the arrays are in ``model_dir``)."""
@@ -143,31 +146,50 @@ class Trained:
     eval_set: str
     metrics: dict
     popularity_metrics: dict
+    initialisation_metrics: dict
     history: tuple
     best_epoch: int
+    best_step: int
     trainable_params: int
     train_seconds: float
     config: dict
+
+    def side_by_side(self) -> dict[str, dict[str, float]]:
+        """NDCG@100 and Recall@20 of popularity, the initialisation and the trained model on the same
+        held-out clicks, and the gain of the fine-tuning over its initialisation."""
+        rows = {"popularity": self.popularity_metrics, "initialisation": self.initialisation_metrics,
+                "trained": self.metrics}
+        out = {name: {k: float(m[k]) for k in GAIN_METRICS if k in m} for name, m in rows.items()}
+        out["gain"] = {k: out["trained"][k] - out["initialisation"][k] for k in GAIN_METRICS
+                       if k in out["trained"] and k in out["initialisation"]}
+        return out
+
+    def figures(self) -> dict[str, float]:
+        """:meth:`side_by_side` flattened for MLflow: ``initialisation_ndcg@100``, ``gain_recall@20``, ..."""
+        return {f"{name}_{k}": v for name, row in self.side_by_side().items() if name != "trained"
+                for k, v in row.items()}
 
     @classmethod
     def from_export(cls, model_dir: Path) -> "Trained":
         from models.export import EVAL_SET, load_model
 
         card = load_model(model_dir).card
+        baselines = card.get("baselines", {})
         return cls(str(model_dir), str(Path(model_dir) / EVAL_SET), card["metrics"],
-                   card.get("baselines", {}).get("popularity", {}), tuple(card.get("history", [])),
-                   int(card.get("best_epoch", 0)), int(card["trainable_params"]),
+                   baselines.get("popularity", {}), baselines.get("initialisation", {}),
+                   tuple(card.get("history", [])),
+                   int(card.get("best_epoch", 0)), int(card.get("best_step", 0)), int(card["trainable_params"]),
                    float(card.get("train_seconds", 0.0)), card["hyper_parameters"])
 
 
 def fine_tune_stage(settings: "Settings", plan: WindowPlan, pretrained: Pretrained, config: "LedConfig",
                     model_dir: Path | None = None) -> Trained:
     """Fine-tune P and b on the training days' clicks, evaluate on the evaluation day's clicks (every
-    item of the window is a target, the popularity ranking alongside), export to ``model_dir``
-    (default: the stage's cache folder)."""
-    from models.evaluation import evaluate_popularity
+    item of the window is a target; the popularity ranking and the initialisation before any step
+    alongside, on the same clicks), export to ``model_dir`` (default: the stage's cache folder)."""
+    from models.evaluation import evaluate_model, evaluate_popularity
     from models.export import CARD
-    from models.led import fine_tune_window
+    from models.led import fine_tune_window, initialisation
     from models.pretrain import Embeddings
 
     cached = model_dir is None  # the stage's own folder is reused when complete; a caller's is rewritten
@@ -184,10 +206,55 @@ def fine_tune_stage(settings: "Settings", plan: WindowPlan, pretrained: Pretrain
         except ValueError as exc:
             raise UserError(str(exc)) from None
         popularity = evaluate_popularity(dict(zip(model.item_ids.tolist(), model.counts.tolist())), split.test)
+        initial = evaluate_model(initialisation(emb, config), split.test)
         window = {"run_date": plan.run_date, "start": plan.start, "eval_date": plan.eval_day,
                   "window_days": settings.window_days, "views": plan.views} | split.info
         model.export(model_dir, metrics=metrics, data_window=window, eval_set=split.test,
-                     extra={"baselines": {"popularity": popularity},
+                     extra={"baselines": {"popularity": popularity, "initialisation": initial},
                             "pretrain": {"explained_variance": pretrained.explained_variance,
                                          "timings": pretrained.timings}})
+    return Trained.from_export(model_dir)
+
+
+# --------------------------------------------------------------------------- the refit that ships
+def refit_stage(settings: "Settings", whole: WindowPlan, pretrained: Pretrained, evaluated: Trained,
+                evaluated_pretrained: Pretrained, config: "LedConfig") -> Trained:
+    """The evaluated model carried over to the whole window's embeddings (``models.refit``), then
+    fine-tuned on every day for the evaluated model's best number of steps; exported with the
+    evaluated model's eval set (its timelines serve the ANN-recall check)."""
+    import dataclasses
+
+    import numpy as np
+
+    from models.data import build_user_data
+    from models.evaluation import load_eval_set
+    from models.export import CARD, load_model
+    from models.led import TrainedModel, fine_tune, initial_bias
+    from models.pretrain import Embeddings
+    from models.refit import carry_over, projection_from_export
+
+    model_dir = stage_dir(settings, "refit", {"pretrained": pretrained.path, "evaluated": evaluated.model_dir,
+                                              "config": config.as_dict()}) / "model"
+    if (model_dir / CARD).is_file():
+        return Trained.from_export(model_dir)
+    emb, old_emb = Embeddings.load(Path(pretrained.path)), Embeddings.load(Path(evaluated_pretrained.path))
+    old = load_model(Path(evaluated.model_dir))
+    P, b, alignment = carry_over(emb.item_ids, emb.E, initial_bias(emb.counts), old.item_ids, old_emb.E,
+                                 projection_from_export(old_emb.E, old.V), old.b)
+    views = events.read_window(settings.events_dir, "views", whole.train_end, whole.train_days)
+    clicks = events.read_window(settings.events_dir, "clicks", whole.train_end, whole.train_days)
+    index = {str(item): i for i, item in enumerate(emb.item_ids)}
+    train = build_user_data(views, clicks, index, config.max_timeline)
+    steps = evaluated.best_step
+    if steps > 0:
+        model = fine_tune(emb, train, None, dataclasses.replace(config, max_steps=steps), initial=(P, b))
+    else:  # the evaluated model's best was its initialisation: ship the carried-over weights as they are
+        d, n = emb.E.shape[1], len(emb.item_ids)
+        model = TrainedModel(emb.item_ids, (emb.E @ P).astype(np.float32), b, emb.counts, config, d * d + n, P=P)
+    window = {"run_date": whole.run_date, "start": whole.start, "train_end": whole.train_end,
+              "eval_date": whole.eval_day, "window_days": settings.window_days, "views": whole.views}
+    model.export(model_dir, metrics={}, data_window=window, eval_set=load_eval_set(Path(evaluated.eval_set)),
+                 extra={"refit": alignment | {"refit_of": evaluated.model_dir, "steps": steps},
+                        "pretrain": {"explained_variance": pretrained.explained_variance,
+                                     "timings": pretrained.timings}})
     return Trained.from_export(model_dir)

@@ -54,14 +54,14 @@ def _pyfunc(model_dir: Path, tmp: Path) -> registry.PyfuncModel:
 def register_export(settings: "Settings", model_dir: Path, run_date: str | dt.date,
                     params: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                     history: Sequence[dict[str, Any]] | None = None, timings: dict[str, float] | None = None,
-                    artifacts: Iterable[Path] = ()) -> registry.RunInfo:
+                    artifacts: Iterable[Path] = (), tags: dict[str, str] | None = None) -> registry.RunInfo:
     """Log one training of ``model_dir`` as an MLflow run, register its pyfunc, alias it ``challenger``.
 
     ``params`` override what the model card says; ``metrics`` are final
     figures (``recall@20`` ...); ``history`` one dict per evaluation (``epoch``,
     ``loss``, ``val_ndcg@100`` ...), default the card's; ``timings`` seconds per
     stage; ``artifacts`` extra files or folders (the validation report) logged
-    under ``reports/``.
+    under ``reports/``; ``tags`` extra version tags (e.g. ``refit_of``).
     """
     model_dir = Path(model_dir).resolve()
     model = _load(model_dir)
@@ -73,7 +73,8 @@ def register_export(settings: "Settings", model_dir: Path, run_date: str | dt.da
     final = (card_metrics | registry.finite_numbers(card.get("metrics", {}))
              | registry.finite_numbers(metrics or {}))
     history = list(history if history is not None else card.get("history", []) or [])
-    tags = {"vocabulary_size": str(len(model.item_ids)), registry.MODEL_SHA_TAG: model_fingerprint(model_dir)}
+    tags = {"vocabulary_size": str(len(model.item_ids)), registry.MODEL_SHA_TAG: model_fingerprint(model_dir)
+            } | dict(tags or {})
     with tempfile.TemporaryDirectory(prefix="led-pyfunc-") as tmp:
         return registry.log_run(settings, run_date, model_dir, _pyfunc(model_dir, Path(tmp)), params=all_params,
                                 metrics=final, history=history, timings=card_timings | dict(timings or {}),

@@ -16,10 +16,11 @@ from tasks.common import run_dir
 
 
 @task(name="index", cache_policy=NO_CACHE)
-def build_index(settings: Settings, run_date: str, trained: Trained, registered: RunInfo) -> SlotBuild:
-    """Slot files (arrays + index) under the run folder, served as the registry's version; the ANN
+def build_index(settings: Settings, run_date: str, trained: Trained, registered: RunInfo,
+                folder: str = "index") -> SlotBuild:
+    """Slot files (arrays + index) under the run's ``folder``, served as the registry's version; the ANN
     recall@100 is also logged on the MLflow run for the UI (the gate gets it from here directly)."""
-    work = run_dir(settings, run_date) / "index"
+    work = run_dir(settings, run_date) / folder
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     slot = build_slot_files(Path(trained.model_dir), work, settings.n_trees, settings.search_k,

@@ -34,11 +34,22 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _refit_md(refit: GateDecision | None) -> str:
+    if refit is None:
+        return ""
+    head = (f"Refit on the whole window: version {refit.challenger_version} "
+            f"{'ships' if refit.promoted else 'NOT shipped (the evaluated model ships)'}")
+    return f"\n### {head}\n" + "\n".join("- " + r for r in refit.reasons) + "\n"
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def publish_report(settings: Settings, plan: WindowPlan, validation: dict, pretrained: Pretrained,
                    trained: Trained, registered: RunInfo, slot: SlotBuild, decision: GateDecision,
-                   pushed: dict | None, timings: dict) -> str:
+                   pushed: dict | None, timings: dict, refit: GateDecision | None = None) -> str:
     rows = metrics_rows(decision)
+    gain = trained.side_by_side()
+    gain_table = "\n".join(f"| {name} | {_fmt(gain[name].get('ndcg@100'))} | {_fmt(gain[name].get('recall@20'))} |"
+                           for name in ("popularity", "initialisation", "trained", "gain"))
     table = "\n".join(f"| {r['metric']} | {_fmt(r['challenger'])} | {_fmt(r['champion'])} | {_fmt(r['delta'])} |"
                       for r in rows)
     push_line = (f"pushed model version {pushed['model_version']} to slot **{pushed['slot']}** ({pushed['store']})"
@@ -59,13 +70,17 @@ explained variance {pretrained.explained_variance:.3f}).
 |---|---|---|---|
 {table}
 
-Popularity on the same clicks: NDCG@100 {_fmt(trained.popularity_metrics.get('ndcg@100'))}.
-Trainable parameters {trained.trainable_params:,}, best epoch {trained.best_epoch},
+## What the fine-tuning added (challenger, same held-out clicks)
+| model | NDCG@100 | Recall@20 |
+|---|---|---|
+{gain_table}
+
+Trainable parameters {trained.trainable_params:,}, best step {trained.best_step} (epoch {trained.best_epoch}),
 ANN recall@100 {slot.ann_recall:.4f}.
 
 ## Gate: {'PROMOTED' if decision.promoted else 'REJECTED'}
 {chr(10).join('- ' + r for r in decision.reasons)}
-
+{_refit_md(refit)}
 ## Serving
 {push_line}
 

@@ -9,5 +9,5 @@ from models.pipeline import WindowPlan, plan_window
 
 
 @task(name="vocabulary", cache_policy=NO_CACHE)
-def plan_run_window(settings: Settings, run_date: str) -> WindowPlan:
-    return plan_window(settings, run_date)
+def plan_run_window(settings: Settings, run_date: str, whole_window: bool = False) -> WindowPlan:
+    return plan_window(settings, run_date, whole_window)

@@ -5,6 +5,7 @@ process configures Prefect from the settings before importing it.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -14,8 +15,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from infra import events
 from infra.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +57,16 @@ def test_run_then_rerun_is_cached_and_replaces_cleanly(local_stack, world):
     assert code == 0, log[-3000:]
     assert first["state"] == "COMPLETED" and first["promoted"] and first["pushed_slot"] in ("blue", "green")
     assert 0 < first["ndcg@100"] <= 1 and first["model_version"]
+    # the freshest day ships: the refit on the whole window is what is pushed, and it knows the items
+    # the evaluated model could not (first seen on the evaluation day)
+    assert first["refit_shipped"] and first["pushed_version"] == first["refit_version"] != first["model_version"]
+    items = {k: set(np.load(Path(first[k]) / "item_ids.npy").astype(str)) for k in
+             ("evaluated_model_dir", "pushed_model_dir")}
+    day = dt.date(2026, 1, 7)  # the evaluation day of the window [01-01, 01-08)
+    before = set(events.read_window(world, "views", day, 6).column("item_id").to_pylist())
+    launched = set(events.read_day(world, "views", day).column("item_id").to_pylist()) - before
+    assert launched and not launched & items["evaluated_model_dir"]
+    assert launched & items["pushed_model_dir"], "no item first seen on the last day made it into the push"
     code, again, log = led("run", "--events", world, "--date", "2026-01-08", *FAST)
     assert code == 0 and again["state"] == "COMPLETED"
     assert "pretrain" in log and "Cached(type=COMPLETED)" in log
@@ -87,7 +100,7 @@ def test_kill_during_fine_tuning_then_rerun_skips_pretraining(local_stack, world
     deadline = time.monotonic() + 600
     for line in proc.stdout:
         seen.append(line)
-        if "epoch 1/" in line:  # fine-tuning is under way: pre-training has finished and been persisted
+        if "] step " in line and "loss" in line:  # fine-tuning steps are under way: pre-training is persisted
             os.killpg(proc.pid, signal.SIGKILL)
             break
         assert time.monotonic() < deadline, "fine-tuning never started"

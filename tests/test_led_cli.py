@@ -27,7 +27,7 @@ def test_train_exports_a_model_evaluated_on_the_last_day_then_register_gates_it(
     assert model.card["data_window"]["eval_date"] == "2026-01-10"
     assert model.card["data_window"]["train_days"] == ["2026-01-01", "2026-01-09"]
     assert model.eval_timelines and len(model.eval_timelines) <= 2000
-    assert "epoch 1/3" in err
+    assert "] step 0/" in err and "loss" in err  # progress per evaluation of the step budget
     eval_set = load_eval_set(last["eval_set"])
     assert len(eval_set) == last["eval_users"] and set(model.item_ids) <= set(eval_set.item_ids)
 

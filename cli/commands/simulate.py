@@ -81,5 +81,6 @@ def run(args) -> int:
             "`led serve` the service.")
     emit({k: result[k] for k in ("days", "runs", "pushes", "gate_rejections", "validation_failures",
                                  "failed_runs", "serving_queries", "serving_errors", "ndcg@100",
-                                 "live_model_version", "runs_detail")} | {"seconds": round(time.perf_counter() - t0, 1)})
+                                 "live_model_version", "runs_detail", "mean_next_day_scorable_share")}
+         | {"seconds": round(time.perf_counter() - t0, 1)})
     return 0 if result["serving_errors"] == 0 and result["failed_runs"] == 0 else 1
