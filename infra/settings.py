@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     warmup_share: float = Field(0.05, ge=0, lt=1, description="Share of max_steps spent warming up.")
     bias_lr_scale: float = Field(1.0, gt=0, description="Rate of the biases b relative to P's.")
     init_scale: float = Field(4.0, gt=0, description="P starts as init_scale x identity.")
-    keep_prob: float = Field(0.5, gt=0, le=1)
+    keep_prob: float = Field(0.7, gt=0, le=1, description="Share of timeline items kept in a training input.")
     target_ratio: float = Field(0.2, gt=0, lt=1)
 
     # --- gate, index, serving ----------------------------------------------
