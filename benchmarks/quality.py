@@ -6,17 +6,25 @@ Data sets:
   (every rating a view, rating >= 4 a click);
 - a synthetic world (``data_sources.synthetic``) whose truth gives an oracle row.
 
-For each data set it runs ``led bench quality`` (mean ± std over ``--seeds``
-user splits), prints the table, the ratio LED-Project / max(EASE, Mult-VAE)
-on NDCG@100 against the 0.95 target, and writes benchmarks/results/quality.json.
+For each data set it runs ``led bench quality`` with NO tuning flags (LED uses
+the settings' defaults, exactly as the daily flow does; mean ± std over
+``--seeds`` user splits), prints the table, the ratio LED-Project /
+max(EASE, Mult-VAE) on NDCG@100 against the 0.97 target and the gain of the
+fine-tuning over its own initialisation (``led_project - led_init``). It then
+runs LED once more with the schedule the settings had before issue 16 (batch
+512, constant Adam 1e-3, one validation per epoch, patience 3 epochs, at most
+20 epochs) and plots validation NDCG@100 against optimizer steps for both
+(benchmarks/plots/quality_val_ndcg_vs_steps.png). Results go to
+benchmarks/results/quality.json.
 
-    nice -n 10 .venv/bin/python benchmarks/quality.py            # full run (~1 h on a busy 2-core box)
+    nice -n 10 .venv/bin/python benchmarks/quality.py            # full run
     nice -n 10 .venv/bin/python benchmarks/quality.py --quick    # 1 seed, core rows only
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,19 +34,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
-# Chosen on ML-100K validation users (see benchmarks/README.md): d=256, BPR with 1000 uniform
-# negatives, Adam 3e-3, batch 64 (656 training users: 11 steps per epoch), P = 4·I, keep_prob 0.5.
-LED_FLAGS = ["--dim", "256", "--loss", "bpr", "--num-negatives", "1000", "--negative-sampling", "uniform",
-             "--learning-rate", "3e-3", "--batch-size", "64", "--epochs", "60", "--patience", "8",
-             "--keep-prob", "0.5", "--init-scale", "4"]
-FULL_MODELS = ["popularity", "ease", "mult_vae", "svd_average", "svd_average_bias", "led_project",
+PLOT = ROOT / "benchmarks" / "plots" / "quality_val_ndcg_vs_steps.png"
+TARGET_RATIO = 0.97
+FULL_MODELS = ["popularity", "ease", "mult_vae", "svd_average", "svd_average_bias", "led_init", "led_project",
                "led_project_ns", "led_project_css", "led_project_multi", "led_train_e", "led_no_projection"]
-QUICK_MODELS = ["popularity", "ease", "mult_vae", "svd_average", "led_project"]
+CORE_MODELS = ["popularity", "ease", "mult_vae", "svd_average", "led_init", "led_project"]
+
+
+def legacy_flags(train_users: int) -> list[str]:
+    """The pre-issue-16 defaults expressed in the new loop: one validation per epoch of batch-512 steps."""
+    per_epoch = max(1, math.ceil(train_users / 512))
+    return ["--batch-size", "512", "--learning-rate", "1e-3", "--lr-schedule", "constant", "--warmup-share", "0",
+            "--epochs", "20", "--max-steps", "1000000", "--eval-every", str(per_epoch), "--patience", "3"]
+
+
+def train_users(events: Path) -> int:
+    """Training users of the held-out split (the same count for every seed)."""
+    from models.data import heldout_split, load_events
+
+    views, clicks = load_events(events)
+    return len(heldout_split(views, clicks, 1000).train)
 
 
 def bench(events: Path, seeds: int, models: list[str], extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "cli.main", "bench", "quality", "--events", str(events), "--seeds", str(seeds),
-           "--models", ",".join(models), "--views-pretrain", *LED_FLAGS, *extra]
+           "--models", ",".join(models), *extra]
     print("$ led " + " ".join(cmd[3:]), flush=True)
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0", "SPARK_LOCAL_IP": "127.0.0.1"}
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
@@ -56,14 +76,77 @@ def bench(events: Path, seeds: int, models: list[str], extra: list[str]) -> dict
     return result
 
 
-def verdict(models: dict) -> dict:
+def verdict(models: dict, legacy: dict | None) -> dict:
     best_baseline = max(models[m]["ndcg@100"] for m in ("ease", "mult_vae") if m in models)
-    led = models["led_project"]["ndcg@100"]
-    out = {"led_project_ndcg@100": led, "best_of_ease_mult_vae": best_baseline, "ratio": led / best_baseline,
-           "target_ratio": 0.95, "meets_target": led >= 0.95 * best_baseline}
-    print(f"LED-Project NDCG@100 {led:.4f} / max(EASE, Mult-VAE) {best_baseline:.4f} = {out['ratio']:.3f} "
-          f"(target >= 0.95: {'met' if out['meets_target'] else 'NOT met'})", flush=True)
+    led = models["led_project"]
+    out = {"led_project_ndcg@100": led["ndcg@100"], "led_project_ndcg@100_std": led["ndcg@100_std"],
+           "best_of_ease_mult_vae": best_baseline, "ratio": led["ndcg@100"] / best_baseline,
+           "target_ratio": TARGET_RATIO, "meets_target": led["ndcg@100"] >= TARGET_RATIO * best_baseline}
+    print(f"LED-Project NDCG@100 {led['ndcg@100']:.4f} ± {led['ndcg@100_std']:.4f} / max(EASE, Mult-VAE) "
+          f"{best_baseline:.4f} = {out['ratio']:.3f} (target >= {TARGET_RATIO}: "
+          f"{'met' if out['meets_target'] else 'NOT met'})", flush=True)
+    if "led_init" in models:
+        init = models["led_init"]
+        out |= {"led_init_ndcg@100": init["ndcg@100"], "gain_ndcg@100": led["ndcg@100"] - init["ndcg@100"],
+                "gain_recall@20": led["recall@20"] - init["recall@20"]}
+        print(f"gain over the initialisation: NDCG@100 {init['ndcg@100']:.4f} -> {led['ndcg@100']:.4f} "
+              f"({out['gain_ndcg@100']:+.4f}), Recall@20 {init['recall@20']:.4f} -> {led['recall@20']:.4f}",
+              flush=True)
+    steps = [i["best_step"] for i in led["info"]]
+    out["best_steps"], out["steps_run"] = steps, [i["steps"] for i in led["info"]]
+    out["batch_size"] = led["info"][0]["schedule"]["batch_size"]
+    if legacy is not None:
+        old = legacy["models"]["led_project"]
+        out |= {"old_defaults_ndcg@100": old["ndcg@100"], "old_defaults_ndcg@100_std": old["ndcg@100_std"],
+                "old_defaults_ratio": old["ndcg@100"] / best_baseline,
+                "old_defaults_best_steps": [i["best_step"] for i in old["info"]]}
+        print(f"old defaults: NDCG@100 {old['ndcg@100']:.4f} ± {old['ndcg@100_std']:.4f} "
+              f"(ratio {out['old_defaults_ratio']:.3f}, best steps {out['old_defaults_best_steps']})", flush=True)
     return out
+
+
+def plot_curves(datasets: dict, out: Path) -> Path:
+    """Validation NDCG@100 against optimizer steps, old vs new defaults, one panel per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in datasets.items() if "legacy" in r]
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for label, result, style in (("new defaults", datasets[name], "-"),
+                                     ("old defaults", datasets[name]["legacy"], "--")):
+            for k, info in enumerate(result["models"]["led_project"]["info"]):
+                rows = [h for h in info["history"] if "val_ndcg@100" in h]
+                ax.plot([h["step"] for h in rows], [h["val_ndcg@100"] for h in rows], style,
+                        color=f"C{k}", label=f"{label}, seed {1000 + k}", alpha=0.85)
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("optimizer steps (step 0 = the initialisation)")
+        ax.set_ylabel("validation NDCG@100")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def run_dataset(name: str, store: Path, seeds: int, models: list[str], with_legacy: bool) -> dict:
+    res = bench(store, seeds, models, [])
+    legacy = None
+    if with_legacy:
+        print(f"== {name}: LED with the old defaults ==", flush=True)
+        legacy = bench(store, seeds, ["ease", "led_init", "led_project"], legacy_flags(train_users(store)))
+        res["legacy"] = legacy
+    res["verdict"] = verdict(res["models"], legacy)
+    return res
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main() -> int:
@@ -71,14 +154,16 @@ def main() -> int:
     parser.add_argument("--ml100k", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 seed, core rows only")
+    parser.add_argument("--core", action="store_true", help="core rows only (no loss/variant ablations)")
+    parser.add_argument("--no-legacy", action="store_true", help="skip the old-defaults run and the plot")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--synthetic-users", type=int, default=3000)
     parser.add_argument("--synthetic-items", type=int, default=1000)
     parser.add_argument("--synthetic-days", type=int, default=30)
     args = parser.parse_args()
     seeds = 1 if args.quick else args.seeds
-    models = QUICK_MODELS if args.quick else FULL_MODELS
-    results: dict = {"seeds": seeds, "led_flags": LED_FLAGS, "datasets": {}}
+    models = CORE_MODELS if (args.quick or args.core) else FULL_MODELS
+    results: dict = {"seeds": seeds, "led_flags": [], "load_average_start": load_average(), "datasets": {}}
 
     from data_sources.movielens import import_movielens
     from data_sources.synthetic import WorldConfig, generate
@@ -88,10 +173,8 @@ def main() -> int:
             store = Path(tmp) / "ml100k"
             print(f"== ML-100K ({args.ml100k}) ==", flush=True)
             imported = import_movielens(args.ml100k, store)
-            res = bench(store, seeds, models, [])
-            res["import"] = imported
-            res["verdict"] = verdict(res["models"])
-            results["datasets"]["ml-100k"] = res
+            results["datasets"]["ml-100k"] = run_dataset("ML-100K", store, seeds, models, not args.no_legacy)
+            results["datasets"]["ml-100k"]["import"] = imported
         else:
             print(f"ML-100K not found at {args.ml100k}: skipped", flush=True)
         if not args.skip_synthetic:
@@ -100,13 +183,16 @@ def main() -> int:
             store = Path(tmp) / "synthetic"
             print(f"== synthetic world ({world.users} users, {world.items} items, {world.days} days) ==", flush=True)
             generated = generate(store, world)
-            res = bench(store, seeds, ["oracle", *models], ["--dim", "64"])
-            res["generated"] = generated
-            res["verdict"] = verdict(res["models"])
-            results["datasets"]["synthetic"] = res
+            res = run_dataset("synthetic world", store, seeds, ["oracle", *models], not args.no_legacy)
+            results["datasets"]["synthetic"] = res | {"generated": generated}
+    results["load_average_end"] = load_average()
+    if not args.no_legacy and results["datasets"]:
+        results["plot"] = str(plot_curves(results["datasets"], PLOT).relative_to(ROOT))
+        print(f"plot written to {PLOT}", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, default=str))
-    print(f"results written to {RESULTS}", flush=True)
+    print(f"results written to {RESULTS} (load average {results['load_average_start']} -> "
+          f"{results['load_average_end']})", flush=True)
     return 0
 
 

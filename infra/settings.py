@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     warmup_share: float = Field(0.05, ge=0, lt=1, description="Share of max_steps spent warming up.")
     bias_lr_scale: float = Field(1.0, gt=0, description="Rate of the biases b relative to P's.")
     init_scale: float = Field(4.0, gt=0, description="P starts as init_scale x identity.")
-    keep_prob: float = Field(0.5, gt=0, le=1, description="Probability of keeping a timeline item in the "
+    keep_prob: float = Field(0.7, gt=0, le=1, description="Probability of keeping a timeline item in the "
                              "input while training.")
     target_ratio: float = Field(0.2, gt=0, lt=1)
 

@@ -36,10 +36,31 @@ unit vectors, so ``u·E_i`` lies in [-1, 1] while the bias spans ~8 nats; with
 grow it. The default scale is chosen so ``u P Pᵀ Eᵀ`` starts on the bias's
 scale (see the report in benchmarks/README.md).
 
+Schedule (issue 16: one set of defaults from ML-100K to ML-20M size, no
+per-data-set tuning; measurements in benchmarks/README.md, "Quality"):
+
+- the budget is counted in optimizer steps (``max_steps``), not epochs: an
+  epoch is 2 steps of 512 users on ML-100K and ~215 on an ML-20M-size window,
+  so a fixed epoch count meant ~40 steps on one and ~4000 on the other. The
+  old defaults (batch 512, 20 epochs, patience 3) stopped ML-100K after 16-40
+  steps, best at step 10-38: NDCG@100 0.414, 0.90 of EASE;
+- the batch is derived from the training users (``batch_size = 0``): a power
+  of two near ``users / 10`` in [32, 512] (64 on ML-100K's 656 training users,
+  512 from ~5k users on), so a small data set still gets ~10 steps per epoch
+  and a large one a batch whose step cost O(B·(T + N)·d) is amortised;
+- Adam's rate warms up linearly over ``warmup_share`` of the budget, then
+  decays on a cosine to 0 at ``max_steps`` (``lr_schedule``): the peak can be
+  high enough to move ``P`` (entries ~init_scale) within a few hundred steps
+  while the end of the budget averages out the noise of small batches;
+- validation NDCG@100 is measured before the first step (the initialisation,
+  history row ``step 0``) and every ``eval_every`` steps (0: ~40 times over the
+  budget); training stops after ``patience`` evaluations without a new best and
+  returns the best evaluation's weights, the initialisation included;
+- the biases can have their own rate (``bias_lr_scale``; measured, 1 kept).
+
 Training is deterministic under ``seed`` (numpy generators for splits,
-masking and negatives, seeded TF initialisation, op determinism), reports each
-epoch on stderr, and early-stops on validation NDCG@100 keeping the best
-weights.
+masking and negatives, seeded TF initialisation, op determinism) and reports
+each evaluation on stderr.
 """
 from __future__ import annotations
 
