@@ -125,7 +125,8 @@ def validate_window(events_dir: str | Path, run_date: str | dt.date, window_days
     now = pd.Timestamp(now or dt.datetime.now(dt.timezone.utc))
     now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
 
-    parts = {kind: stats.load_kind(root, kind, day, window_days) for kind in suites.KINDS}
+    quarantined = events.quarantined_days(root)
+    parts = {kind: stats.load_kind(root, kind, day, window_days, set(quarantined)) for kind in suites.KINDS}
     _require_data(root, parts, dates)
 
     gate = _GxGate(settings)
@@ -137,7 +138,7 @@ def validate_window(events_dir: str | Path, run_date: str | dt.date, window_days
             if not p.in_window and p.raw is not None:
                 _accept_history(p)
         checks += _row_checks(gate, kind, window_parts, now)
-    summary = stats.day_summary(parts, settings.volume_min_active_users)
+    summary = stats.day_summary(parts, settings)
     for kind in suites.KINDS:  # one run per kind, so every failure names its kind
         checks += gate.run(suites.suite_name("window"), summary[summary["kind"] == kind].reset_index(drop=True),
                            kind=kind, index_columns=["date"])

@@ -21,7 +21,15 @@ Definitions (also in the suites' notes and ``led validate --help``):
 - new-item share = share of the day's distinct viewed items not viewed on any
   of its trailing days (a bounded look-back keeps the daily cost constant);
 - orphan click rate = share of the day's clicks whose item has no view
-  anywhere in the window.
+  anywhere in the window;
+- the traffic statistics of ``data_checks.traffic`` (near-duplicates,
+  concentration, distribution shift, click-through ratio): same applicability
+  as the volume checks, except the near-duplicate rate, which (like the
+  duplicate rate) is a property of the day's own events and always applies.
+
+A quarantined day (``infra.events.quarantined_days``) is neither read nor
+checked, and is not a trailing day of any other day: its bad data must not
+shift the medians the next days are compared with.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_checks import traffic
 from infra import events
 
 TRAILING_DAYS = 7
@@ -43,7 +52,7 @@ MIN_HISTORY_DAYS = 3
 CANONICAL = pa.schema([pa.field("user_id", pa.string()), pa.field("item_id", pa.string()),
                        pa.field("ts", pa.timestamp("us", tz="UTC"))])
 
-OK, MISSING, INVALID, BEFORE_STORE = "ok", "missing", "invalid", "before_store"
+OK, MISSING, INVALID, BEFORE_STORE, QUARANTINED = "ok", "missing", "invalid", "before_store", "quarantined"
 
 
 @dataclass
@@ -62,7 +71,20 @@ class Partition:
     def rows(self) -> int | None:
         if self.status == MISSING:
             return 0
-        return self.raw.num_rows if self.raw is not None else None
+        return self.raw.num_rows if self.raw is not None and self.status != QUARANTINED else None
+
+    @property
+    def usable(self) -> bool:
+        """Valid and non-empty: its events can feed the traffic statistics."""
+        return self.status == OK and self.table.num_rows > 0
+
+    @cached_property
+    def user_counts(self) -> pd.Series:
+        return traffic.id_counts(self.table, "user_id")
+
+    @cached_property
+    def item_counts(self) -> pd.Series:
+        return traffic.id_counts(self.table, "item_id")
 
     @cached_property
     def active_users(self) -> int | None:
@@ -100,11 +122,13 @@ def canonicalize(part: Partition) -> bool:
         return False
 
 
-def load_kind(root: Path, kind: str, run_date: dt.date, window_days: int) -> list[Partition]:
+def load_kind(root: Path, kind: str, run_date: dt.date, window_days: int,
+              quarantined: set[dt.date] = frozenset()) -> list[Partition]:
     """Partitions of the window plus the TRAILING_DAYS before it (history for volume and new items)."""
     days = events.window_dates(run_date, window_days + TRAILING_DAYS)
     first_window_day = days[TRAILING_DAYS]
-    return [read_partition(root, kind, d, d >= first_window_day) for d in days]
+    return [Partition(kind, d, d >= first_window_day, status=QUARANTINED) if d in quarantined
+            else read_partition(root, kind, d, d >= first_window_day) for d in days]
 
 
 def with_day_columns(part: Partition) -> pa.Table:
@@ -152,10 +176,11 @@ def _orphan_rates(clicks: list[Partition], views: list[Partition]) -> dict[dt.da
     return out
 
 
-def day_summary(parts: dict[str, list[Partition]], min_active_users: int) -> pd.DataFrame:
+def day_summary(parts: dict[str, list[Partition]], settings) -> pd.DataFrame:
     """One row per (kind, window day): the statistics the window suite checks (null = not applicable)."""
     new_items = _new_item_shares(parts["views"])
     orphans = _orphan_rates(parts["clicks"], parts["views"])
+    views_by_day = {p.day: p for p in parts["views"]}
     rows = []
     for kind, plist in parts.items():
         present = [p.day for p in plist if p.status != MISSING]
@@ -164,12 +189,14 @@ def day_summary(parts: dict[str, list[Partition]], min_active_users: int) -> pd.
         for p in plist:
             if not p.in_window:
                 continue
-            rows.append(_summary_row(kind, p, by_day, store_start, min_active_users,
-                                     new_items.get(p.day), orphans.get(p.day)))
+            row, history = _summary_row(kind, p, by_day, store_start, settings.volume_min_active_users,
+                                        new_items.get(p.day), orphans.get(p.day))
+            row |= _traffic_row(kind, p, history, row["volume_checked"], views_by_day, settings)
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate) -> dict:
+def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate) -> tuple[dict, list]:
     before_store = store_start is None or p.day < store_start
     history = [] if before_store else [
         h for h in (by_day.get(p.day - dt.timedelta(days=k)) for k in range(1, TRAILING_DAYS + 1))
@@ -177,7 +204,8 @@ def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate
     ]
     med_rows = float(np.median([h.rows for h in history])) if history else None
     med_users = float(np.median([h.active_users for h in history])) if history else None
-    enforced = (len(history) >= MIN_HISTORY_DAYS and med_users >= min_users and med_rows > 0)
+    enforced = (len(history) >= MIN_HISTORY_DAYS and med_users >= min_users and med_rows > 0
+                and p.status != QUARANTINED)
     rows = p.rows
     dup = None
     if p.status == OK and p.table.num_rows:
@@ -185,7 +213,7 @@ def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate
     return {
         "kind": kind,
         "date": p.day.isoformat(),
-        "partition": BEFORE_STORE if before_store else p.status,
+        "partition": BEFORE_STORE if before_store and p.status != QUARANTINED else p.status,
         "rows": rows,
         "active_users": p.active_users,
         "history_days": len(history),
@@ -197,4 +225,55 @@ def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate
         "duplicate_rate": dup,
         "new_item_share": new_share if enforced and kind == "views" else None,
         "orphan_click_rate": orphan_rate if kind == "clicks" else None,
+    }, history
+
+
+def _traffic_row(kind, p, history, enforced, views_by_day, s) -> dict:
+    """The ``data_checks.traffic`` statistics of one (kind, day); None where they do not apply."""
+    out = dict.fromkeys(("near_duplicate_rate", "top_user_share_increase", "top_item_share_increase",
+                         "events_per_user_ratio", "item_psi", "user_activity_psi", "click_through_ratio"))
+    if not p.usable:
+        return out
+    out["near_duplicate_rate"] = round(
+        traffic.near_duplicate_rows(p.table, s.near_duplicate_seconds) / p.table.num_rows, 6)
+    past = [h for h in history if h.usable]
+    if not enforced or len(past) < MIN_HISTORY_DAYS:
+        return out
+    frac = s.concentration_top_fraction
+
+    def increase(counts_of) -> float:
+        trailing = np.median([traffic.top_share(counts_of(h), frac) for h in past])
+        return round(traffic.top_share(counts_of(p), frac) - float(trailing), 6)
+
+    def per_user(q) -> float:
+        return q.table.num_rows / len(q.user_counts)
+
+    reference_items = pd.concat([h.item_counts for h in past]).groupby(level=0).sum()
+    psi_items = traffic.item_psi(p.item_counts, reference_items, traffic.top_ids(p.item_counts, frac))
+    def activity(q) -> np.ndarray:  # without the top users: the concentration check owns them
+        return traffic.activity_deciles(q.user_counts.drop(traffic.top_ids(q.user_counts, frac)))
+
+    reference_users = np.mean([activity(h) for h in past], axis=0)
+    out |= {
+        "top_user_share_increase": increase(lambda q: q.user_counts),
+        "top_item_share_increase": increase(lambda q: q.item_counts),
+        "events_per_user_ratio": round(per_user(p) / float(np.median([per_user(h) for h in past])), 4),
+        "item_psi": None if psi_items is None else round(psi_items, 6),
+        "user_activity_psi": round(traffic.psi(activity(p), reference_users), 6),
     }
+    if kind == "clicks":
+        out["click_through_ratio"] = _click_through_ratio(p, past, views_by_day)
+    return out
+
+
+def _click_through_ratio(clicks: Partition, past: list[Partition], views_by_day: dict) -> float | None:
+    """The day's clicks / views over the trailing median of the same (days whose views are usable)."""
+    def ctr(c: Partition) -> float | None:
+        v = views_by_day.get(c.day)
+        return c.table.num_rows / v.table.num_rows if v is not None and v.usable else None
+
+    today = ctr(clicks)
+    trailing = [r for r in (ctr(h) for h in past) if r is not None]
+    if today is None or len(trailing) < MIN_HISTORY_DAYS:
+        return None
+    return round(today / float(np.median(trailing)), 4)
