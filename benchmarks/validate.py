@@ -9,6 +9,10 @@ because the volume and new-item checks read them), then times:
 - ``validate_window`` (pandas GX, the shipped path): the GX import and the
   first call (once per process), the median of ``--repeat`` warm calls, and
   one call that also writes the Data Docs report;
+- the traffic checks of suite v2 (data_checks/traffic.py: near-duplicates,
+  concentration, PSI, click-through): their per-day statistics against the
+  same ``day_summary`` with them switched off, and the window suite's GX run
+  (where their expectations live), all in the same process;
 - the same rows suite on the same events through GX's Spark engine (baseline
   for the pandas-vs-Spark choice), with and without the session start-up.
 
@@ -111,6 +115,45 @@ def pandas_rows_only(store: Path, run_date: str, window: int) -> float:
     return time.perf_counter() - t
 
 
+def traffic_checks_cost(store: Path, run_date: str, window: int, repeat: int) -> dict:
+    """Seconds of the v2 traffic statistics: day_summary with them, minus day_summary without them."""
+    from unittest import mock
+
+    from data_checks import runner, stats, suites
+    from infra.settings import Settings
+
+    settings = Settings()
+
+    def loaded() -> dict:
+        parts = {k: stats.load_kind(store, k, dt.date.fromisoformat(run_date), window) for k in suites.KINDS}
+        for plist in parts.values():
+            for p in plist:
+                if p.raw is not None:
+                    stats.canonicalize(p)
+        return parts
+
+    def summary_s(parts) -> tuple[float, object]:
+        return timed(stats.day_summary, parts, settings)
+
+    with_traffic, without = [], []
+    for _ in range(repeat):  # fresh partitions each time: the id counts are cached on them
+        seconds, summary = summary_s(loaded())
+        with_traffic.append(seconds)
+        with mock.patch.object(stats, "_traffic_row", lambda *a, **k: {}):
+            without.append(summary_s(loaded())[0])
+    gate = runner._GxGate(settings)
+    name = suites.suite_name("window")
+    gx_s = statistics.median(timed(lambda: [gate.run(name, summary[summary["kind"] == k].reset_index(drop=True),
+                                                     kind=k, index_columns=["date"]) for k in suites.KINDS])[0]
+                             for _ in range(repeat))
+    return {"day_summary_s": round(statistics.median(with_traffic), 3),
+            "day_summary_without_traffic_s": round(statistics.median(without), 3),
+            "traffic_stats_s": round(statistics.median(with_traffic) - statistics.median(without), 3),
+            "window_suite_gx_s": round(gx_s, 3),
+            "window_expectations": len(gate.suites[name].expectations),
+            "traffic_expectations": len(suites.TRAFFIC_CHECKS)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000, help="events in the validated window")
@@ -140,11 +183,17 @@ def main() -> None:
         warm_s = statistics.median(warm)
         report_s, _ = timed(validate_window, store, run_date, args.window, report_dir=Path(tmp) / "report")
         rows_pandas_s = pandas_rows_only(store, run_date, args.window)
+        traffic = traffic_checks_cost(store, run_date, args.window, args.repeat)
         print(f"validate_window (pandas GX): warm {warm_s:.2f} s -> {warm_s / millions:.2f} s per 1M events "
               f"(target <= 10); success={result.success}", flush=True)
         print(f"  once per process: import great_expectations {import_s:.2f} s, first call {cold_s:.2f} s; "
               f"with the Data Docs report {report_s:.2f} s", flush=True)
         print(f"  rows suites only (pandas): {rows_pandas_s:.2f} s", flush=True)
+        print(f"  traffic checks (v2): statistics {traffic['traffic_stats_s']:.2f} s "
+              f"-> {traffic['traffic_stats_s'] / millions:.2f} s per 1M events (day_summary "
+              f"{traffic['day_summary_s']:.2f} s with them, {traffic['day_summary_without_traffic_s']:.2f} s "
+              f"without); window suite GX run, 2 kinds, {traffic['window_expectations']} expectations "
+              f"({traffic['traffic_expectations']} of them new): {traffic['window_suite_gx_s']:.2f} s", flush=True)
 
         spark = None
         if not args.no_spark:
@@ -162,8 +211,9 @@ def main() -> None:
         "validate_warm_runs_s": [round(w, 3) for w in warm],
         "seconds_per_1m_events": round(warm_s / millions, 3),
         "rows_suites_pandas_s": round(rows_pandas_s, 3),
+        "traffic_checks": traffic | {"traffic_stats_s_per_1m_events": round(traffic["traffic_stats_s"] / millions, 3)},
         "spark_baseline": spark, "success": result.success,
-        "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "suite_version": result.suite_version,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

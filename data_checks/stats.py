@@ -79,12 +79,14 @@ class Partition:
         return self.status == OK and self.table.num_rows > 0
 
     @cached_property
-    def user_counts(self) -> pd.Series:
-        return traffic.id_counts(self.table, "user_id")
+    def item_counts(self) -> tuple[pa.Array, np.ndarray]:
+        """Distinct items and their events (one arrow pass, shared by every per-item statistic)."""
+        vc = pc.value_counts(self.table.column("item_id").drop_null())
+        return vc.field("values"), vc.field("counts").to_numpy()
 
     @cached_property
-    def item_counts(self) -> pd.Series:
-        return traffic.id_counts(self.table, "item_id")
+    def user_counts(self) -> np.ndarray:
+        return pc.value_counts(self.table.column("user_id").drop_null()).field("counts").to_numpy()
 
     @cached_property
     def active_users(self) -> int | None:
@@ -93,7 +95,7 @@ class Partition:
             return 0
         if self.status != OK:
             return None
-        return int(pc.count_distinct(self.table.column("user_id")).as_py())
+        return len(self.user_counts)
 
 
 def read_partition(root: Path, kind: str, day: dt.date, in_window: bool) -> Partition:
@@ -141,20 +143,12 @@ def with_day_columns(part: Partition) -> pa.Table:
              .append_column("next_day", pa.array(np.full(n, start + 86_400_000_000), ts_type)))
 
 
-def _duplicate_rows(t: pa.Table) -> int:
-    if t.num_rows == 0:
-        return 0
-    g = t.group_by(["user_id", "item_id", "ts"]).aggregate([([], "count_all")])
-    counts = g.column("count_all")
-    return int(pc.sum(pc.if_else(pc.greater(counts, 1), counts, 0)).as_py() or 0)
-
-
 def _new_item_shares(views: list[Partition]) -> dict[dt.date, float]:
     """Per valid views day: share of its distinct items unseen in its trailing days."""
     frames = []
     for p in views:
         if p.status == OK and p.table.num_rows:
-            items = pc.unique(p.table.column("item_id").drop_null())
+            items = p.item_counts[0]
             frames.append(pd.DataFrame({"day": p.day.toordinal(), "item": items.to_numpy(zero_copy_only=False)}))
     if not frames:
         return {}
@@ -166,7 +160,7 @@ def _new_item_shares(views: list[Partition]) -> dict[dt.date, float]:
 
 
 def _orphan_rates(clicks: list[Partition], views: list[Partition]) -> dict[dt.date, float]:
-    viewed = [p.table.column("item_id") for p in views if p.in_window and p.status == OK]
+    viewed = [p.item_counts[0] for p in views if p.in_window and p.status == OK]
     seen = pc.unique(pa.chunked_array(viewed, pa.string())) if viewed else pa.array([], pa.string())
     out = {}
     for p in clicks:
@@ -186,17 +180,41 @@ def day_summary(parts: dict[str, list[Partition]], settings) -> pd.DataFrame:
         present = [p.day for p in plist if p.status != MISSING]
         store_start = min(present) if present else None
         by_day = {p.day: p for p in plist}
+        profiles = _Profiles(plist, settings.concentration_top_fraction)
         for p in plist:
             if not p.in_window:
                 continue
+            repeats = traffic.repeated_rows(p.table, settings.near_duplicate_seconds) if p.usable else None
             row, history = _summary_row(kind, p, by_day, store_start, settings.volume_min_active_users,
-                                        new_items.get(p.day), orphans.get(p.day))
-            row |= _traffic_row(kind, p, history, row["volume_checked"], views_by_day, settings)
+                                        new_items.get(p.day), orphans.get(p.day), repeats)
+            row |= _traffic_row(kind, p, history, row["volume_checked"], profiles, views_by_day, repeats, settings)
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate) -> tuple[dict, list]:
+class _Profiles:
+    """Each usable partition's ``traffic.DayProfile``, computed on first use (history days are
+    shared by up to TRAILING_DAYS window days), items coded in one vocabulary per kind."""
+
+    def __init__(self, plist: list[Partition], fraction: float):
+        self.fraction, self._done = fraction, {}
+        self.usable = {p.day: p for p in plist if p.usable}
+        values = [p.item_counts[0] for p in self.usable.values()]
+        vocabulary = pc.unique(pa.chunked_array(values, pa.string())) if values else pa.array([], pa.string())
+        # sorted: ties in popularity then break by id, so a day's buckets do not depend on the window
+        self.vocabulary = vocabulary.take(pc.sort_indices(vocabulary))
+
+    def __getitem__(self, day: dt.date) -> traffic.DayProfile:
+        if day not in self._done:
+            p = self.usable[day]
+            items, counts = p.item_counts
+            codes = pc.index_in(items, value_set=self.vocabulary).to_numpy()
+            self._done[day] = traffic.day_profile(p.user_counts, codes, counts, len(self.vocabulary),
+                                                  self.fraction)
+        return self._done[day]
+
+
+def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate, repeats) -> tuple[dict, list]:
     before_store = store_start is None or p.day < store_start
     history = [] if before_store else [
         h for h in (by_day.get(p.day - dt.timedelta(days=k)) for k in range(1, TRAILING_DAYS + 1))
@@ -207,9 +225,7 @@ def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate
     enforced = (len(history) >= MIN_HISTORY_DAYS and med_users >= min_users and med_rows > 0
                 and p.status != QUARANTINED)
     rows = p.rows
-    dup = None
-    if p.status == OK and p.table.num_rows:
-        dup = round(_duplicate_rows(p.table) / p.table.num_rows, 6)
+    dup = None if repeats is None else round(repeats[0] / p.table.num_rows, 6)
     return {
         "kind": kind,
         "date": p.day.isoformat(),
@@ -228,41 +244,31 @@ def _summary_row(kind, p, by_day, store_start, min_users, new_share, orphan_rate
     }, history
 
 
-def _traffic_row(kind, p, history, enforced, views_by_day, s) -> dict:
+def _traffic_row(kind, p, history, enforced, profiles: _Profiles, views_by_day, repeats, s) -> dict:
     """The ``data_checks.traffic`` statistics of one (kind, day); None where they do not apply."""
     out = dict.fromkeys(("near_duplicate_rate", "top_user_share_increase", "top_item_share_increase",
                          "events_per_user_ratio", "item_psi", "user_activity_psi", "click_through_ratio"))
     if not p.usable:
         return out
-    out["near_duplicate_rate"] = round(
-        traffic.near_duplicate_rows(p.table, s.near_duplicate_seconds) / p.table.num_rows, 6)
-    past = [h for h in history if h.usable]
+    out["near_duplicate_rate"] = round(repeats[1] / p.table.num_rows, 6)
+    past = [profiles[h.day] for h in history if h.usable]
     if not enforced or len(past) < MIN_HISTORY_DAYS:
         return out
-    frac = s.concentration_top_fraction
+    day = profiles[p.day]
 
-    def increase(counts_of) -> float:
-        trailing = np.median([traffic.top_share(counts_of(h), frac) for h in past])
-        return round(traffic.top_share(counts_of(p), frac) - float(trailing), 6)
+    def median(values) -> float:
+        return float(np.median(list(values)))
 
-    def per_user(q) -> float:
-        return q.table.num_rows / len(q.user_counts)
-
-    reference_items = pd.concat([h.item_counts for h in past]).groupby(level=0).sum()
-    psi_items = traffic.item_psi(p.item_counts, reference_items, traffic.top_ids(p.item_counts, frac))
-    def activity(q) -> np.ndarray:  # without the top users: the concentration check owns them
-        return traffic.activity_deciles(q.user_counts.drop(traffic.top_ids(q.user_counts, frac)))
-
-    reference_users = np.mean([activity(h) for h in past], axis=0)
+    psi_items = traffic.item_psi(day.items, np.sum([q.items for q in past], axis=0), day.top_items)
     out |= {
-        "top_user_share_increase": increase(lambda q: q.user_counts),
-        "top_item_share_increase": increase(lambda q: q.item_counts),
-        "events_per_user_ratio": round(per_user(p) / float(np.median([per_user(h) for h in past])), 4),
+        "top_user_share_increase": round(day.top_user_share - median(q.top_user_share for q in past), 6),
+        "top_item_share_increase": round(day.top_item_share - median(q.top_item_share for q in past), 6),
+        "events_per_user_ratio": round(day.events_per_user / median(q.events_per_user for q in past), 4),
         "item_psi": None if psi_items is None else round(psi_items, 6),
-        "user_activity_psi": round(traffic.psi(activity(p), reference_users), 6),
+        "user_activity_psi": round(traffic.psi(day.activity, np.mean([q.activity for q in past], axis=0)), 6),
     }
     if kind == "clicks":
-        out["click_through_ratio"] = _click_through_ratio(p, past, views_by_day)
+        out["click_through_ratio"] = _click_through_ratio(p, [h for h in history if h.usable], views_by_day)
     return out
 
 

@@ -31,6 +31,7 @@ the usual reading: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a different populatio
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -42,51 +43,84 @@ ACTIVITY_DECILES = 10
 PSI_EPSILON = 1e-4
 
 
-def id_counts(table: pa.Table, column: str) -> pd.Series:
-    """Events per distinct id (index: id), largest first."""
-    vc = pc.value_counts(table.column(column).drop_null())
-    counts = pd.Series(vc.field("counts").to_numpy(), index=vc.field("values").to_numpy(zero_copy_only=False))
-    return counts.sort_values(ascending=False, kind="stable")
+def repeated_rows(table: pa.Table, seconds: float) -> tuple[int, int]:
+    """(exact, near) repeats of the day's events, from one sort by (user, item, ts).
 
-
-def near_duplicate_rows(table: pa.Table, seconds: float) -> int:
-    """Rows following the previous event of the same (user, item) by (0, seconds]."""
-    valid = pc.and_(pc.and_(pc.is_valid(table.column("user_id")), pc.is_valid(table.column("item_id"))),
-                    pc.is_valid(table.column("ts")))
-    table = table.filter(valid)  # rows with nulls fail ids_not_null / ts_not_null, not this check
+    exact: rows whose (user, item, ts) occurs more than once (every copy counts);
+    near: rows following the previous event of the same (user, item) by (0, seconds].
+    Null ids and times are kept (as their own code), so nulls group as they would in a
+    group-by; a null time is never near anything."""
     if table.num_rows < 2:
-        return 0
-    users = table.column("user_id").dictionary_encode().combine_chunks().indices.to_numpy()
-    items = table.column("item_id").dictionary_encode().combine_chunks().indices.to_numpy()
-    ts = table.column("ts").cast(pa.int64()).to_numpy()
-    pair = users.astype(np.int64) * (int(items.max()) + 1) + items
+        return 0, 0
+
+    def codes(name: str) -> np.ndarray:
+        encoded = table.column(name).dictionary_encode().combine_chunks().indices
+        return pc.fill_null(encoded, -1).to_numpy().astype(np.int64) + 1
+
+    users, items = codes("user_id"), codes("item_id")
+    ts = pc.fill_null(table.column("ts").cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
+    pair = users * (int(items.max()) + 1) + items
     order = np.lexsort((ts, pair))
     pair, ts = pair[order], ts[order]
-    gap = np.diff(ts)
     same = pair[1:] == pair[:-1]
-    return int(np.count_nonzero(same & (gap > 0) & (gap <= seconds * 1_000_000)))
+    gap = np.diff(ts)  # wraps for a null (min int64) time: harmless, only gaps in (0, seconds] count
+    copy = same & (gap == 0)
+    exact = np.count_nonzero(np.concatenate([[False], copy]) | np.concatenate([copy, [False]]))
+    near = np.count_nonzero(same & (gap > 0) & (gap <= seconds * 1_000_000))
+    return int(exact), int(near)
 
 
-def top_share(counts: pd.Series, fraction: float) -> float:
-    """Share of the events from the top ``fraction`` of the ids (counts sorted desc).
+def top_count(n_ids: int, fraction: float) -> float:
+    """How many ids the top ``fraction`` is (fractional, at least one)."""
+    return max(1.0, fraction * n_ids)
+
+
+def top_share(counts: np.ndarray, fraction: float) -> float:
+    """Share of the events from the top ``fraction`` of the ids (``counts`` sorted largest first).
 
     Fractional: the top 1% of 250 users is the top 2 users plus half of the 3rd.
     A quantile, so it does not move when the day has more or fewer ids of the
     same kind (a sale day, a lost segment), unlike the share of a fixed top-k."""
-    total = int(counts.sum())
+    total = float(counts.sum())
     if total == 0:
         return 0.0
-    k = max(1.0, fraction * len(counts))
+    k = top_count(len(counts), fraction)
     whole = int(k)
-    top = float(counts.iloc[:whole].sum())
+    top = float(counts[:whole].sum())
     if whole < len(counts):
-        top += (k - whole) * float(counts.iloc[whole])
+        top += (k - whole) * float(counts[whole])
     return top / total
 
 
-def top_ids(counts: pd.Series, fraction: float) -> pd.Index:
-    """The ids ``top_share`` counts (whole ids, rounded up)."""
-    return counts.index[:math.ceil(max(1.0, fraction * len(counts)))]
+@dataclass
+class DayProfile:
+    """What the traffic checks need of one (kind, day), computed once per partition."""
+
+    rows: int
+    users: int
+    top_user_share: float
+    top_item_share: float
+    activity: np.ndarray        # activity_deciles of the users outside the top ones
+    items: np.ndarray           # events per item of the kind's vocabulary (dense)
+    top_items: np.ndarray       # vocabulary indices of the items top_item_share counts
+
+    @property
+    def events_per_user(self) -> float:
+        return self.rows / self.users
+
+
+def day_profile(user_counts: np.ndarray, item_codes: np.ndarray, item_counts: np.ndarray, vocabulary_size: int,
+                fraction: float) -> DayProfile:
+    """Profile of a day from its events per user and per item (``item_codes`` index the kind's vocabulary)."""
+    users = np.sort(user_counts)[::-1]
+    order = np.argsort(-item_counts, kind="stable")
+    top_users = math.ceil(top_count(len(users), fraction))
+    return DayProfile(
+        rows=int(users.sum()), users=len(users),
+        top_user_share=top_share(users, fraction), top_item_share=top_share(item_counts[order], fraction),
+        activity=activity_deciles(users[top_users:]),  # the top users are the concentration check's
+        items=np.bincount(item_codes, weights=item_counts, minlength=vocabulary_size),
+        top_items=item_codes[order[:math.ceil(top_count(len(order), fraction))]])
 
 
 def psi(p: np.ndarray, q: np.ndarray) -> float:
@@ -100,28 +134,27 @@ def psi(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum((p - q) * np.log(p / q)))
 
 
-def item_psi(day: pd.Series, reference: pd.Series, exclude: pd.Index) -> float | None:
+def item_psi(day: np.ndarray, reference: np.ndarray, exclude: np.ndarray) -> float | None:
     """PSI of the day's item counts over equal-traffic popularity buckets of the reference counts.
 
-    ``exclude`` (the day's top items) is left out of both sides: a surge on a few
-    items is the concentration check's; this one looks at the rest of the catalog."""
-    reference = reference[(reference > 0) & ~reference.index.isin(exclude)]
-    day = day[~day.index.isin(exclude)]
-    reference = reference.sort_values(ascending=False, kind="stable")
-    if reference.empty:
+    Both are dense over the same vocabulary. ``exclude`` (the day's top items) is left out of
+    both sides: a surge on a few items is the concentration check's; this one looks at the
+    rest of the catalog."""
+    keep = reference > 0
+    keep[exclude] = False
+    reference, day = reference[keep], day[keep]
+    if reference.size == 0 or day.sum() == 0:
         return None
-    before = (reference.cumsum() - reference) / reference.sum()  # traffic share of the more popular items
-    bucket = pd.Series(np.minimum((before.to_numpy() * PSI_BUCKETS).astype(int), PSI_BUCKETS - 1),
-                       index=reference.index)
-    seen = day[day.index.isin(bucket.index)]
-    if seen.empty:
-        return None
-    p = np.bincount(bucket[seen.index].to_numpy(), weights=seen.to_numpy(), minlength=PSI_BUCKETS)
-    q = np.bincount(bucket.to_numpy(), weights=reference.to_numpy(), minlength=PSI_BUCKETS)
-    return psi(p, q)
+    order = np.argsort(-reference, kind="stable")
+    ranked = reference[order]
+    before = (np.cumsum(ranked) - ranked) / ranked.sum()  # traffic share of the more popular items
+    bucket = np.empty(len(order), int)
+    bucket[order] = np.minimum((before * PSI_BUCKETS).astype(int), PSI_BUCKETS - 1)
+    return psi(np.bincount(bucket, weights=day, minlength=PSI_BUCKETS),
+               np.bincount(bucket, weights=reference, minlength=PSI_BUCKETS))
 
 
-def activity_deciles(user_counts: pd.Series) -> np.ndarray:
+def activity_deciles(user_counts: np.ndarray) -> np.ndarray:
     """Share of the day's events from each decile of its users, least active first (the Lorenz
     curve in ACTIVITY_DECILES steps, users interpolated).
 
@@ -130,9 +163,9 @@ def activity_deciles(user_counts: pd.Series) -> np.ndarray:
     double-logging client) fails one check, not two; and continuous in the counts, unlike
     histogram bins of small integer counts (clicks: ~2 per user), whose edges flip users
     between bins from one day to the next."""
-    if user_counts.empty:
+    if len(user_counts) == 0:
         return np.full(ACTIVITY_DECILES, 1.0 / ACTIVITY_DECILES)
-    counts = np.sort(user_counts.to_numpy().astype(float))
+    counts = np.sort(np.asarray(user_counts, float))
     cumulative = np.concatenate([[0.0], np.cumsum(counts)]) / counts.sum()
     at = np.interp(np.linspace(0, len(counts), ACTIVITY_DECILES + 1), np.arange(len(counts) + 1), cumulative)
     return np.diff(at)
