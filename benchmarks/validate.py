@@ -115,11 +115,22 @@ def pandas_rows_only(store: Path, run_date: str, window: int) -> float:
     return time.perf_counter() - t
 
 
+def _v1_duplicate_rows(t) -> int:
+    """Suite v1's exact-duplicate count (a group-by on the three columns): the baseline of the one
+    sort that now gives both exact and near duplicates."""
+    import pyarrow.compute as pc
+
+    counts = t.group_by(["user_id", "item_id", "ts"]).aggregate([([], "count_all")]).column("count_all")
+    return int(pc.sum(pc.if_else(pc.greater(counts, 1), counts, 0)).as_py() or 0)
+
+
 def traffic_checks_cost(store: Path, run_date: str, window: int, repeat: int) -> dict:
-    """Seconds of the v2 traffic statistics: day_summary with them, minus day_summary without them."""
+    """Seconds the v2 traffic checks add, each part against its v1 counterpart in this process."""
     from unittest import mock
 
-    from data_checks import runner, stats, suites
+    import great_expectations as gx
+
+    from data_checks import runner, stats, suites, traffic
     from infra.settings import Settings
 
     settings = Settings()
@@ -132,26 +143,39 @@ def traffic_checks_cost(store: Path, run_date: str, window: int, repeat: int) ->
                     stats.canonicalize(p)
         return parts
 
-    def summary_s(parts) -> tuple[float, object]:
-        return timed(stats.day_summary, parts, settings)
+    def median_s(fn) -> float:
+        return statistics.median(fn() for _ in range(repeat))
 
-    with_traffic, without = [], []
-    for _ in range(repeat):  # fresh partitions each time: the id counts are cached on them
-        seconds, summary = summary_s(loaded())
-        with_traffic.append(seconds)
-        with mock.patch.object(stats, "_traffic_row", lambda *a, **k: {}):
-            without.append(summary_s(loaded())[0])
+    # 1. per-day statistics: day_summary with the traffic rows, and with them switched off
+    #    (fresh partitions each time: the id counts are cached on them)
+    with_traffic = median_s(lambda: timed(stats.day_summary, loaded(), settings)[0])
+    with mock.patch.object(stats, "_traffic_row", lambda *a, **k: {}):
+        without = median_s(lambda: timed(stats.day_summary, loaded(), settings)[0])
+    # 2. duplicates: v2's one sort (exact + near) against v1's group-by (exact only)
+    tables = [p.table for plist in loaded().values() for p in plist if p.in_window and p.usable]
+    one_sort = median_s(lambda: timed(lambda: [traffic.repeated_rows(t, 10.0) for t in tables])[0])
+    group_by = median_s(lambda: timed(lambda: [_v1_duplicate_rows(t) for t in tables])[0])
+    # 3. the window suite's GX run: all 13 expectations against the 6 of v1
     gate = runner._GxGate(settings)
-    name = suites.suite_name("window")
-    gx_s = statistics.median(timed(lambda: [gate.run(name, summary[summary["kind"] == k].reset_index(drop=True),
-                                                     kind=k, index_columns=["date"]) for k in suites.KINDS])[0]
-                             for _ in range(repeat))
-    return {"day_summary_s": round(statistics.median(with_traffic), 3),
-            "day_summary_without_traffic_s": round(statistics.median(without), 3),
-            "traffic_stats_s": round(statistics.median(with_traffic) - statistics.median(without), 3),
-            "window_suite_gx_s": round(gx_s, 3),
-            "window_expectations": len(gate.suites[name].expectations),
-            "traffic_expectations": len(suites.TRAFFIC_CHECKS)}
+    v1 = suites.window_suite(settings)
+    v1.expectations = [e for e in v1.expectations if e.meta["check"] not in suites.TRAFFIC_CHECKS]
+    v1.name = "led_window_v1_subset"
+    gate.suites[v1.name] = gate.ctx.suites.add(gx.ExpectationSuite(name=v1.name, expectations=[
+        e.configuration.to_domain_obj() for e in v1.expectations]))
+    summary = stats.day_summary(loaded(), settings)
+
+    def window_run(name: str) -> float:
+        frames = [summary[summary["kind"] == k].reset_index(drop=True) for k in suites.KINDS]
+        return timed(lambda: [gate.run(name, f, kind=k, index_columns=["date"])
+                              for f, k in zip(frames, suites.KINDS)])[0]
+
+    gx_v2 = median_s(lambda: window_run(suites.suite_name("window")))
+    gx_v1 = median_s(lambda: window_run(v1.name))
+    added = (with_traffic - without) + (one_sort - group_by) + (gx_v2 - gx_v1)
+    return {"day_summary_s": round(with_traffic, 3), "day_summary_without_traffic_s": round(without, 3),
+            "duplicates_one_sort_s": round(one_sort, 3), "duplicates_v1_group_by_s": round(group_by, 3),
+            "window_suite_gx_v2_s": round(gx_v2, 3), "window_suite_gx_v1_s": round(gx_v1, 3),
+            "traffic_added_s": round(added, 3)}
 
 
 def main() -> None:
@@ -189,11 +213,14 @@ def main() -> None:
         print(f"  once per process: import great_expectations {import_s:.2f} s, first call {cold_s:.2f} s; "
               f"with the Data Docs report {report_s:.2f} s", flush=True)
         print(f"  rows suites only (pandas): {rows_pandas_s:.2f} s", flush=True)
-        print(f"  traffic checks (v2): statistics {traffic['traffic_stats_s']:.2f} s "
-              f"-> {traffic['traffic_stats_s'] / millions:.2f} s per 1M events (day_summary "
-              f"{traffic['day_summary_s']:.2f} s with them, {traffic['day_summary_without_traffic_s']:.2f} s "
-              f"without); window suite GX run, 2 kinds, {traffic['window_expectations']} expectations "
-              f"({traffic['traffic_expectations']} of them new): {traffic['window_suite_gx_s']:.2f} s", flush=True)
+        t = traffic
+        print(f"  traffic checks (v2) add {t['traffic_added_s']:.2f} s -> {t['traffic_added_s'] / millions:.2f} s "
+              f"per 1M events: statistics {t['day_summary_s'] - t['day_summary_without_traffic_s']:+.2f} s "
+              f"(day_summary {t['day_summary_s']:.2f} s with them, {t['day_summary_without_traffic_s']:.2f} s "
+              f"without); duplicates {t['duplicates_one_sort_s'] - t['duplicates_v1_group_by_s']:+.2f} s "
+              f"(one sort, exact + near, {t['duplicates_one_sort_s']:.2f} s; v1 group-by, exact only, "
+              f"{t['duplicates_v1_group_by_s']:.2f} s); window suite GX {t['window_suite_gx_v2_s'] - t['window_suite_gx_v1_s']:+.2f} s "
+              f"(13 expectations {t['window_suite_gx_v2_s']:.2f} s, v1's 6 {t['window_suite_gx_v1_s']:.2f} s)", flush=True)
 
         spark = None
         if not args.no_spark:
@@ -211,7 +238,7 @@ def main() -> None:
         "validate_warm_runs_s": [round(w, 3) for w in warm],
         "seconds_per_1m_events": round(warm_s / millions, 3),
         "rows_suites_pandas_s": round(rows_pandas_s, 3),
-        "traffic_checks": traffic | {"traffic_stats_s_per_1m_events": round(traffic["traffic_stats_s"] / millions, 3)},
+        "traffic_checks": traffic | {"traffic_added_s_per_1m_events": round(traffic["traffic_added_s"] / millions, 3)},
         "spark_baseline": spark, "success": result.success,
         "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "suite_version": result.suite_version,
     }
