@@ -81,3 +81,14 @@ def test_unreadable_quarantine_list_is_a_user_error(led, small_world, tmp_path):
     assert code == 2 and "unreadable quarantine list" in err and "Traceback" not in err
     code, _, _, err = led("validate", "--events", store, *ARGS, "--release", "2026-13-01")
     assert code == 2
+
+
+def test_the_spark_views_reader_skips_the_day_too(spark, small_world, tmp_path):
+    """Pre-training reads the window with Spark (models/pretrain.py): it must honour the list too."""
+    from models.pretrain import read_window_views
+
+    store = _copy(small_world, tmp_path)
+    events.update_quarantine(store, add={FAULT_DAY: "test"})
+    views = read_window_views(spark, store, RUN_DATE, WINDOW)
+    days = {r["d"] for r in views.selectExpr("to_date(ts) AS d").distinct().collect()}
+    assert FAULT_DAY not in days and len(days) == WINDOW - 1
