@@ -260,10 +260,11 @@ def _traffic_row(kind, p, history, enforced, profiles: _Profiles, views_by_day, 
         return float(np.median(list(values)))
 
     psi_items = traffic.item_psi(day.items, np.sum([q.items for q in past], axis=0), day.top_items)
+    per_user = median(q.events_per_user for q in past)
     out |= {
         "top_user_share_increase": round(day.top_user_share - median(q.top_user_share for q in past), 6),
         "top_item_share_increase": round(day.top_item_share - median(q.top_item_share for q in past), 6),
-        "events_per_user_ratio": round(day.events_per_user / median(q.events_per_user for q in past), 4),
+        "events_per_user_ratio": round(day.events_per_user / per_user, 4) if per_user > 0 else None,
         "item_psi": None if psi_items is None else round(psi_items, 6),
         "user_activity_psi": round(traffic.psi(day.activity, np.mean([q.activity for q in past], axis=0)), 6),
     }

@@ -15,18 +15,22 @@ checks the resulting columns with GX (``data_checks.suites``). Definitions:
   trailing median of the same;
 - item PSI: population stability index of the day's events over popularity
   buckets of the pooled trailing days (``PSI_BUCKETS`` buckets of equal
-  trailing traffic, items ranked by trailing events). Items unseen in the
-  trailing days are left out (the new-item and orphan-click checks own them).
+  trailing traffic, items ranked by trailing events, ties by id). Left out:
+  items unseen in the trailing days (the new-item and orphan-click checks own
+  them) and the day's top items (the concentration check owns them).
   Buckets rather than raw item ids: over K items a PSI of raw ids has a noise
   floor of ~K / events, so one threshold would not fit 300 items and 20k items;
 - user-activity PSI: PSI of the share of the day's events from each decile of
-  its users (least active first) against the trailing days' mean shares: the
-  shape of the activity distribution (its level is the events-per-user check);
+  its users (least active first; its top users left out, they are the
+  concentration check's) against the trailing days' mean shares: the shape of
+  the activity distribution (its level is the events-per-user check);
 - click-through ratio: the day's clicks / views over the trailing median of
   the same (views written into clicks, clicks lost).
 
-PSI = sum_b (p_b - q_b) ln(p_b / q_b), shares smoothed by ``PSI_EPSILON``;
-the usual reading: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a different population.
+PSI = sum_b (p_b - q_b) ln(p_b / q_b), shares smoothed by ``PSI_EPSILON``.
+Over population shares the usual reading is < 0.1 stable, > 0.25 a different
+population; over decile shares of events (user activity) values are much
+smaller. The thresholds are set from clean days (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -106,7 +109,7 @@ class DayProfile:
 
     @property
     def events_per_user(self) -> float:
-        return self.rows / self.users
+        return self.rows / self.users if self.users else 0.0  # every user id null: ids_not_null fails it
 
 
 def day_profile(user_counts: np.ndarray, item_codes: np.ndarray, item_counts: np.ndarray, vocabulary_size: int,

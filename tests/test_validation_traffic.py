@@ -126,3 +126,13 @@ def test_traffic_fault_fails_only_its_check(fault, small_world, tmp_path):
 
 def test_every_traffic_check_has_a_fault():
     assert {check for check, _ in FAULTS.values()} == set(suites.TRAFFIC_CHECKS)
+
+
+def test_a_day_without_any_user_id_fails_cleanly(small_world, tmp_path):
+    """The traffic statistics must not crash on what the row checks already reject."""
+    store = _copy(small_world, tmp_path)
+    t = _day(store)
+    _rewrite(store, _replace(t, "user_id", pa.nulls(t.num_rows, pa.string())))
+    result = validate_window(store, RUN_DATE, WINDOW, settings=SETTINGS)
+    assert suites.IDS_NOT_NULL in result.failed_checks
+    assert {d for c in result.failed for d in c.days} == {FAULT_DAY.isoformat()}
