@@ -39,6 +39,7 @@ def validate_events(settings: Settings, run_date: str) -> dict:
                              description=f"data validation for {run_date}")
     if not result.success:
         raise ValidationFailed(f"validation failed for {run_date}: {', '.join(result.failed_checks)} "
-                               f"(report: {result.report_path})")
+                               f"(report: {result.report_path}; to train without the failed days: "
+                               f"led validate --date {run_date} --quarantine)")
     return {"success": True, "checks": len(result.checks), "report_path": result.report_path,
             "seconds": result.seconds, "summary_md": _summary(result), "quarantined": result.quarantined}
