@@ -9,6 +9,10 @@ because the volume and new-item checks read them), then times:
 - ``validate_window`` (pandas GX, the shipped path): the GX import and the
   first call (once per process), the median of ``--repeat`` warm calls, and
   one call that also writes the Data Docs report;
+- the traffic checks of suite v2 (data_checks/traffic.py: near-duplicates,
+  concentration, PSI, click-through): their per-day statistics against the
+  same ``day_summary`` with them switched off, and the window suite's GX run
+  (where their expectations live), all in the same process;
 - the same rows suite on the same events through GX's Spark engine (baseline
   for the pandas-vs-Spark choice), with and without the session start-up.
 
@@ -111,6 +115,69 @@ def pandas_rows_only(store: Path, run_date: str, window: int) -> float:
     return time.perf_counter() - t
 
 
+def _v1_duplicate_rows(t) -> int:
+    """Suite v1's exact-duplicate count (a group-by on the three columns): the baseline of the one
+    sort that now gives both exact and near duplicates."""
+    import pyarrow.compute as pc
+
+    counts = t.group_by(["user_id", "item_id", "ts"]).aggregate([([], "count_all")]).column("count_all")
+    return int(pc.sum(pc.if_else(pc.greater(counts, 1), counts, 0)).as_py() or 0)
+
+
+def traffic_checks_cost(store: Path, run_date: str, window: int, repeat: int) -> dict:
+    """Seconds the v2 traffic checks add, each part against its v1 counterpart in this process."""
+    from unittest import mock
+
+    import great_expectations as gx
+
+    from data_checks import runner, stats, suites, traffic
+    from infra.settings import Settings
+
+    settings = Settings()
+
+    def loaded() -> dict:
+        parts = {k: stats.load_kind(store, k, dt.date.fromisoformat(run_date), window) for k in suites.KINDS}
+        for plist in parts.values():
+            for p in plist:
+                if p.raw is not None:
+                    stats.canonicalize(p)
+        return parts
+
+    def median_s(fn) -> float:
+        return statistics.median(fn() for _ in range(repeat))
+
+    # 1. per-day statistics: day_summary with the traffic rows, and with them switched off
+    #    (fresh partitions each time: the id counts are cached on them)
+    with_traffic = median_s(lambda: timed(stats.day_summary, loaded(), settings)[0])
+    with mock.patch.object(stats, "_traffic_row", lambda *a, **k: {}):
+        without = median_s(lambda: timed(stats.day_summary, loaded(), settings)[0])
+    # 2. duplicates: v2's one sort (exact + near) against v1's group-by (exact only)
+    tables = [p.table for plist in loaded().values() for p in plist if p.in_window and p.usable]
+    one_sort = median_s(lambda: timed(lambda: [traffic.repeated_rows(t, 10.0) for t in tables])[0])
+    group_by = median_s(lambda: timed(lambda: [_v1_duplicate_rows(t) for t in tables])[0])
+    # 3. the window suite's GX run: all 13 expectations against the 6 of v1
+    gate = runner._GxGate(settings)
+    v1 = suites.window_suite(settings)
+    v1.expectations = [e for e in v1.expectations if e.meta["check"] not in suites.TRAFFIC_CHECKS]
+    v1.name = "led_window_v1_subset"
+    gate.suites[v1.name] = gate.ctx.suites.add(gx.ExpectationSuite(name=v1.name, expectations=[
+        e.configuration.to_domain_obj() for e in v1.expectations]))
+    summary = stats.day_summary(loaded(), settings)
+
+    def window_run(name: str) -> float:
+        frames = [summary[summary["kind"] == k].reset_index(drop=True) for k in suites.KINDS]
+        return timed(lambda: [gate.run(name, f, kind=k, index_columns=["date"])
+                              for f, k in zip(frames, suites.KINDS)])[0]
+
+    gx_v2 = median_s(lambda: window_run(suites.suite_name("window")))
+    gx_v1 = median_s(lambda: window_run(v1.name))
+    added = (with_traffic - without) + (one_sort - group_by) + (gx_v2 - gx_v1)
+    return {"day_summary_s": round(with_traffic, 3), "day_summary_without_traffic_s": round(without, 3),
+            "duplicates_one_sort_s": round(one_sort, 3), "duplicates_v1_group_by_s": round(group_by, 3),
+            "window_suite_gx_v2_s": round(gx_v2, 3), "window_suite_gx_v1_s": round(gx_v1, 3),
+            "traffic_added_s": round(added, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000, help="events in the validated window")
@@ -140,11 +207,20 @@ def main() -> None:
         warm_s = statistics.median(warm)
         report_s, _ = timed(validate_window, store, run_date, args.window, report_dir=Path(tmp) / "report")
         rows_pandas_s = pandas_rows_only(store, run_date, args.window)
+        traffic = traffic_checks_cost(store, run_date, args.window, args.repeat)
         print(f"validate_window (pandas GX): warm {warm_s:.2f} s -> {warm_s / millions:.2f} s per 1M events "
               f"(target <= 10); success={result.success}", flush=True)
         print(f"  once per process: import great_expectations {import_s:.2f} s, first call {cold_s:.2f} s; "
               f"with the Data Docs report {report_s:.2f} s", flush=True)
         print(f"  rows suites only (pandas): {rows_pandas_s:.2f} s", flush=True)
+        t = traffic
+        print(f"  traffic checks (v2) add {t['traffic_added_s']:.2f} s -> {t['traffic_added_s'] / millions:.2f} s "
+              f"per 1M events: statistics {t['day_summary_s'] - t['day_summary_without_traffic_s']:+.2f} s "
+              f"(day_summary {t['day_summary_s']:.2f} s with them, {t['day_summary_without_traffic_s']:.2f} s "
+              f"without); duplicates {t['duplicates_one_sort_s'] - t['duplicates_v1_group_by_s']:+.2f} s "
+              f"(one sort, exact + near, {t['duplicates_one_sort_s']:.2f} s; v1 group-by, exact only, "
+              f"{t['duplicates_v1_group_by_s']:.2f} s); window suite GX {t['window_suite_gx_v2_s'] - t['window_suite_gx_v1_s']:+.2f} s "
+              f"(13 expectations {t['window_suite_gx_v2_s']:.2f} s, v1's 6 {t['window_suite_gx_v1_s']:.2f} s)", flush=True)
 
         spark = None
         if not args.no_spark:
@@ -162,8 +238,9 @@ def main() -> None:
         "validate_warm_runs_s": [round(w, 3) for w in warm],
         "seconds_per_1m_events": round(warm_s / millions, 3),
         "rows_suites_pandas_s": round(rows_pandas_s, 3),
+        "traffic_checks": traffic | {"traffic_added_s_per_1m_events": round(traffic["traffic_added_s"] / millions, 3)},
         "spark_baseline": spark, "success": result.success,
-        "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "suite_version": result.suite_version,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

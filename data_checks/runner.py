@@ -4,13 +4,16 @@ Plain function, no Prefect, so the daily flow's task and ``led validate`` call
 the same code. Steps:
 
 1. read every partition of the window (plus 7 days of history) with pyarrow;
-   an unreadable parquet file is a ``partition_readable`` failure;
+   an unreadable parquet file is a ``partition_readable`` failure; a
+   quarantined day (``infra.events.quarantined_days``) is not read, checked or
+   used as history, and is listed in the result (``quarantined``);
 2. schema suite per kind, once per distinct partition schema, on a small
    sample (a parquet column has a single type); partitions that fail are left
    out of the row checks, so one bad day does not hide the others' results;
 3. rows suite per kind over all the window's valid events at once (a few GX
    runs per window instead of one per day keeps the fixed GX cost ~1 s);
-4. window suite per kind over the per-day statistics of ``data_checks.stats``.
+4. window suite per kind over the per-day statistics of ``data_checks.stats``
+   (structural) and ``data_checks.traffic`` (well-formed but wrong traffic).
 
 Great Expectations runs on pandas: a day's partition fits in memory on one
 machine, the checks are vectorised, and a Spark session would cost ~10 s to
@@ -70,6 +73,7 @@ class ValidationResult:
     checks: list[CheckResult]
     days: list[dict]            # per (kind, day) statistics (the window suite's input)
     suite_version: int = suites.SUITE_VERSION
+    quarantined: dict[str, str] = field(default_factory=dict)  # window days left out: date -> reason
     report_path: str | None = None
     seconds: float | None = None
 
@@ -80,6 +84,10 @@ class ValidationResult:
     @property
     def failed_checks(self) -> list[str]:
         return sorted({c.check for c in self.failed})
+
+    def failed_days(self) -> list[str]:
+        """Days named by a failed check (what ``led validate --quarantine`` would set aside)."""
+        return sorted({d for c in self.failed for d in c.days})
 
     def failure_table(self, width: int = 60) -> str:
         """Failed checks as a fixed-width table, one line each (CLI output, flow artifacts)."""
@@ -125,7 +133,8 @@ def validate_window(events_dir: str | Path, run_date: str | dt.date, window_days
     now = pd.Timestamp(now or dt.datetime.now(dt.timezone.utc))
     now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
 
-    parts = {kind: stats.load_kind(root, kind, day, window_days) for kind in suites.KINDS}
+    quarantined = events.quarantined_days(root)
+    parts = {kind: stats.load_kind(root, kind, day, window_days, set(quarantined)) for kind in suites.KINDS}
     _require_data(root, parts, dates)
 
     gate = _GxGate(settings)
@@ -137,7 +146,7 @@ def validate_window(events_dir: str | Path, run_date: str | dt.date, window_days
             if not p.in_window and p.raw is not None:
                 _accept_history(p)
         checks += _row_checks(gate, kind, window_parts, now)
-    summary = stats.day_summary(parts, settings.volume_min_active_users)
+    summary = stats.day_summary(parts, settings)
     for kind in suites.KINDS:  # one run per kind, so every failure names its kind
         checks += gate.run(suites.suite_name("window"), summary[summary["kind"] == kind].reset_index(drop=True),
                            kind=kind, index_columns=["date"])
@@ -146,11 +155,23 @@ def validate_window(events_dir: str | Path, run_date: str | dt.date, window_days
         success=all(c.success for c in checks), run_date=day.isoformat(),
         window=[dates[0].isoformat(), dates[-1].isoformat()], checks=checks,
         days=[{k: _jsonable(v) for k, v in row.items()} for row in summary.to_dict("records")],
+        quarantined={d.isoformat(): why for d, why in sorted(quarantined.items()) if d in dates},
     )
     if report_dir is not None:
         result.report_path = str(_write_report(gate, result, Path(report_dir)))
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def quarantine_reasons(result: ValidationResult) -> dict[dt.date, str]:
+    """For each day named by a failed check: the checks, as the reason recorded in the quarantine list."""
+    reasons: dict[str, set[str]] = {}
+    for c in result.failed:
+        for d in c.days:
+            reasons.setdefault(d, set()).add(f"{c.check} ({c.kind})" if c.kind else c.check)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    return {dt.date.fromisoformat(d): f"{', '.join(sorted(r))}; led validate --date {result.run_date} at {stamp}"
+            for d, r in reasons.items()}
 
 
 # --- steps ----------------------------------------------------------------------

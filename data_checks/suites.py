@@ -12,7 +12,11 @@ Three kinds of suite, each run on a pandas DataFrame the runner prepares:
   partition's day is checked with plain column-pair expectations.
 - ``led_window_v<N>``: one row per (kind, day) of the window with statistics
   the runner computed (row count against the trailing 7-day median, duplicate
-  rate, share of new items, orphan clicks). A statistic is null when the check
+  rate, share of new items, orphan clicks) and, from v2, the traffic statistics
+  of ``data_checks.traffic``: near-duplicates, top-user / top-item share and
+  events per active user against the trailing days, PSI of the item and
+  user-activity distributions against the trailing days, click-through ratio
+  against the trailing days. A statistic is null when the check
   does not apply to that day (GX skips nulls), e.g. volume bounds when the
   trailing median of active users is below ``volume_min_active_users``.
 
@@ -34,7 +38,7 @@ if TYPE_CHECKING:  # GX takes ~3 s to import: only the runner imports it, lazily
 
     from infra.settings import Settings
 
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 KINDS = ("views", "clicks")
 REQUIRED_COLUMNS = ("user_id", "item_id", "ts")
 # A well-formed id: 1 to 128 characters, none of them whitespace or control
@@ -62,6 +66,16 @@ VOLUME_NOT_ABOVE = "volume_not_above_trailing_median"
 DUPLICATE_RATE = "duplicate_rate"
 NEW_ITEM_SHARE = "new_item_share"
 ORPHAN_CLICK_RATE = "orphan_click_rate"
+# v2: traffic that is well-formed but wrong (data_checks/traffic.py)
+NEAR_DUPLICATE_RATE = "near_duplicate_rate"
+TOP_USER_SHARE = "top_user_share"
+TOP_ITEM_SHARE = "top_item_share"
+EVENTS_PER_USER = "events_per_active_user"
+ITEM_DISTRIBUTION = "item_distribution_shift"
+USER_ACTIVITY_DISTRIBUTION = "user_activity_shift"
+CLICK_THROUGH = "click_through_ratio"
+TRAFFIC_CHECKS = (NEAR_DUPLICATE_RATE, TOP_USER_SHARE, TOP_ITEM_SHARE, EVENTS_PER_USER, ITEM_DISTRIBUTION,
+                  USER_ACTIVITY_DISTRIBUTION, CLICK_THROUGH)
 
 
 def suite_name(part: str, kind: str | None = None) -> str:
@@ -139,14 +153,55 @@ def window_suite(settings: "Settings") -> "gx.ExpectationSuite":
         gxe.ExpectColumnValuesToBeBetween(
             column="orphan_click_rate", max_value=s.max_orphan_click_rate,
             meta=_meta(ORPHAN_CLICK_RATE, "share of a day's clicks on items never viewed in the window")),
+        *_traffic_expectations(s, gate),
     ]
     return gx.ExpectationSuite(name=suite_name("window"), expectations=exps,
                                meta={"version": SUITE_VERSION, "thresholds": thresholds(s)})
 
 
+def _traffic_expectations(s: "Settings", gate: str) -> list:
+    """The v2 checks on the statistics of data_checks.traffic (definitions there)."""
+    import great_expectations.expectations as gxe
+
+    top = f"top {s.concentration_top_fraction:.0%}"
+
+    def between(column, check, why, **bounds):
+        return gxe.ExpectColumnValuesToBeBetween(column=column, **bounds, meta=_meta(check, why))
+
+    return [
+        between("near_duplicate_rate", NEAR_DUPLICATE_RATE,
+                f"share of a day's rows repeating the same (user, item) within {s.near_duplicate_seconds:g} s "
+                f"(exact copies excluded)", max_value=s.max_near_duplicate_rate),
+        between("top_user_share_increase", TOP_USER_SHARE,
+                f"share of the day's events from its {top} users, minus the trailing median; {gate}",
+                max_value=s.max_top_user_share_increase),
+        between("top_item_share_increase", TOP_ITEM_SHARE,
+                f"share of the day's events on its {top} items, minus the trailing median; {gate}",
+                max_value=s.max_top_item_share_increase),
+        between("events_per_user_ratio", EVENTS_PER_USER,
+                f"events per active user / trailing median; {gate}",
+                min_value=s.events_per_user_min_ratio, max_value=s.events_per_user_max_ratio),
+        between("item_psi", ITEM_DISTRIBUTION,
+                f"PSI of the day's items over trailing popularity buckets; {gate}", max_value=s.max_item_psi),
+        between("user_activity_psi", USER_ACTIVITY_DISTRIBUTION,
+                f"PSI of the share of the day's events by user-activity decile (top users excluded) "
+                f"against the trailing days' mean; {gate}",
+                max_value=s.max_user_activity_psi),
+        between("click_through_ratio", CLICK_THROUGH,
+                f"the day's clicks/views / trailing median (clicks rows); {gate}",
+                min_value=s.click_through_min_ratio, max_value=s.click_through_max_ratio),
+    ]
+
+
+TRAFFIC_THRESHOLDS = ("near_duplicate_seconds", "max_near_duplicate_rate", "concentration_top_fraction",
+                      "max_top_user_share_increase", "max_top_item_share_increase", "events_per_user_min_ratio",
+                      "events_per_user_max_ratio", "max_item_psi", "max_user_activity_psi",
+                      "click_through_min_ratio", "click_through_max_ratio")
+
+
 def thresholds(settings: "Settings") -> dict:
     names = ("max_duplicate_rate", "volume_min_ratio", "volume_max_ratio", "max_new_item_share",
-             "max_orphan_click_rate", "volume_min_active_users")
+             "max_orphan_click_rate", "volume_min_active_users", *TRAFFIC_THRESHOLDS)
     return {n: getattr(settings, n) for n in names}
 
 

@@ -8,10 +8,16 @@ Layout (Hive-style, readable by pandas/pyarrow and by Spark)::
 Columns: ``user_id`` (string), ``item_id`` (string), ``ts`` (timestamp[us, UTC]).
 Every write goes to a temporary folder first and is renamed into place, so a
 reader never sees a half-written day or store.
+
+A day can be *quarantined* (``led validate --quarantine``): it is listed in
+``EVENTS/quarantine.json`` with the reason, stays on disk for repair, and every
+window reader skips it (both kinds) until it is released.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +30,7 @@ from infra.atomic import atomic_dir
 from infra.errors import UserError
 
 KINDS = ("views", "clicks")
+QUARANTINE_FILE = "quarantine.json"
 SCHEMA = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),
@@ -116,13 +123,41 @@ def read_day(root: Path, kind: str, day: dt.date) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in files])
 
 
+def quarantined_days(root: Path) -> dict[dt.date, str]:
+    """Days excluded from every window (date -> reason); empty when nothing is quarantined."""
+    path = Path(root) / QUARANTINE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        listed = json.loads(path.read_text())
+        return {dt.date.fromisoformat(d): str(why) for d, why in listed.items()}
+    except (ValueError, AttributeError):
+        raise UserError(f"unreadable quarantine list {path}: expected {{\"YYYY-MM-DD\": \"reason\"}}") from None
+
+
+def update_quarantine(root: Path, add: dict[dt.date, str] | None = None,
+                      release: list[dt.date] | tuple = ()) -> dict[dt.date, str]:
+    """Quarantine ``add`` (date -> reason) and release ``release``; written atomically, returns the list."""
+    days = quarantined_days(root) | (add or {})
+    for day in release:
+        days.pop(day, None)
+    path = Path(root) / QUARANTINE_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({d.isoformat(): days[d] for d in sorted(days)}, indent=2))
+    os.replace(tmp, path)
+    return days
+
+
 def read_window(root: Path, kind: str, run_date: str | dt.date, window_days: int) -> pa.Table:
-    """Events of [D-W, D) with a ``date`` column (date32) added, oldest day first."""
+    """Events of [D-W, D) with a ``date`` column (date32) added, oldest day first; quarantined days skipped."""
     tables = []
+    quarantined = quarantined_days(root)
     for day in window_dates(run_date, window_days):
+        if day in quarantined:
+            continue
         t = read_day(root, kind, day)
         tables.append(t.append_column("date", pa.array([day] * t.num_rows, pa.date32())))
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else SCHEMA.append(pa.field("date", pa.date32())).empty_table()
 
 
 def require_window(root: Path, kind: str, run_date: str | dt.date, window_days: int) -> pa.Table:

@@ -107,6 +107,27 @@ class Settings(BaseSettings):
         "of daily active users reaches this: with fewer users one heavy user swings a day several-fold "
         "(ML-100K: ~11 users/day, days from 0 to 3550 ratings) and ratio bounds would only raise false alarms.",
     )
+    # --- validation: well-formed but wrong traffic (data_checks/traffic.py) --
+    # Compared with the trailing 7 days, under the same active-user floor as the volume checks
+    # (the near-duplicate rate excepted). benchmarks/README.md says where each line is drawn and why.
+    near_duplicate_seconds: float = Field(10.0, gt=0, description="Same (user, item) again within this is "
+                                          "a near-duplicate (retries, re-ingestion with shifted times).")
+    max_near_duplicate_rate: float = Field(0.05, ge=0, le=1, description="Share of a day's rows.")
+    concentration_top_fraction: float = Field(0.01, gt=0, le=1, description="Top share of users/items "
+                                              "whose share of a day's events is watched.")
+    max_top_user_share_increase: float = Field(0.05, ge=0, le=1, description="Points over the trailing "
+                                               "median share of the top users (bots, a stuck client).")
+    max_top_item_share_increase: float = Field(0.10, ge=0, le=1, description="Points over the trailing "
+                                               "median share of the top items (crawlers, a stuck client).")
+    events_per_user_min_ratio: float = Field(0.6, gt=0, description="Events per active user >= ratio x "
+                                             "the trailing median.")
+    events_per_user_max_ratio: float = Field(1.6, gt=0, description="Events per active user <= ratio x "
+                                             "the trailing median.")
+    max_item_psi: float = Field(0.3, gt=0, description="PSI of a day's items over trailing popularity buckets.")
+    max_user_activity_psi: float = Field(0.02, gt=0, description="PSI of the share of a day's events by user "
+                                         "activity decile (top users excluded) against the trailing mean.")
+    click_through_min_ratio: float = Field(0.6, gt=0, description="clicks/views >= ratio x trailing median.")
+    click_through_max_ratio: float = Field(1.6, gt=0, description="clicks/views <= ratio x trailing median.")
 
     # --- pre-training (PMI + randomized SVD) --------------------------------
     dim: int = Field(128, ge=2, description="Embedding size d (pre-training and LED).")

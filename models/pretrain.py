@@ -177,7 +177,8 @@ def read_window_views(spark, events_dir, run_date, window_days: int):
 
     root = events.require_event_store(Path(events_dir))
     days = events.window_dates(run_date, window_days)
-    present = [d for d in events.list_days(root, "views") if days[0] <= d <= days[-1]]
+    quarantined = events.quarantined_days(root)
+    present = [d for d in events.list_days(root, "views") if days[0] <= d <= days[-1] and d not in quarantined]
     if not present:
         raise UserError(f"no views in the window [{days[0]}, {days[-1] + dt.timedelta(days=1)}) of {root}")
     paths = [str(events.partition_dir(root, "views", d)) for d in present]

@@ -17,6 +17,9 @@ class ValidationFailed(Exception):
 def _summary(result) -> str:
     lines = [f"**{'passed' if result.success else 'FAILED'}**: {len(result.checks)} checks over "
              f"{result.window[0]} .. {result.window[1]}, {len(result.failed)} failed.", ""]
+    if result.quarantined:  # left out of validation and training (led validate --quarantine)
+        lines += ["Quarantined, not trained on: "
+                  + "; ".join(f"{d} ({why})" for d, why in result.quarantined.items()), ""]
     if result.failed:
         lines += ["| check | kind | column | unexpected | examples |", "|---|---|---|---|---|"]
         for c in result.failed:
@@ -36,6 +39,7 @@ def validate_events(settings: Settings, run_date: str) -> dict:
                              description=f"data validation for {run_date}")
     if not result.success:
         raise ValidationFailed(f"validation failed for {run_date}: {', '.join(result.failed_checks)} "
-                               f"(report: {result.report_path})")
+                               f"(report: {result.report_path}; to train without the failed days: "
+                               f"led validate --date {run_date} --quarantine)")
     return {"success": True, "checks": len(result.checks), "report_path": result.report_path,
-            "seconds": result.seconds, "summary_md": _summary(result)}
+            "seconds": result.seconds, "summary_md": _summary(result), "quarantined": result.quarantined}

@@ -53,5 +53,6 @@ def test_unusable_arguments_exit_2(led, small_world, tmp_path):
 def test_help_documents_exit_codes(led):
     code, _, out, _ = led("validate", "--help")
     assert code == 0
-    for text in ("Exit codes", "unusable arguments", "volume_min_active_users", "--report-dir"):
+    for text in ("Exit codes", "unusable arguments", "volume_min_active_users", "--report-dir", "--quarantine",
+                 "--release", "near-duplicates"):
         assert text in out
