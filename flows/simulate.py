@@ -176,12 +176,13 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
               "failed_runs": 0, "serving_queries": 0, "serving_errors": 0}
     ndcg: list[float | None] = []
     runs = []
-    live_version, live_items = None, None
-    coverage: list[float] = []
+    live_version, live_items, evaluated_items = None, None, None
+    coverage: list[dict] = []
     try:
         for i, day in enumerate(world.days()):
             if live_items is not None:  # the clicks of the day after the live model was trained
-                coverage.append(scorable_share(day.clicks, live_items))
+                coverage.append({"date": str(day.date), "live": scorable_share(day.clicks, live_items),
+                                 "evaluated_model": scorable_share(day.clicks, evaluated_items)})
             views = day.views
             if i in cfg.bad_data_days:
                 views = drop_volume(day.views, keep=0.1, seed=cfg.seed + i)
@@ -210,6 +211,8 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
                 live_version = result.get("pushed_version") or result["model_version"]
                 serving.wait_for_version(live_version)
                 live_items = _model_items(result.get("pushed_model_dir"))
+                # what would serve without the whole-window refit (the model the gate judged)
+                evaluated_items = _model_items(result.get("evaluated_model_dir"))
             if live_version is not None:
                 q, e = query_serving(serving, day.views, cfg.queries_per_day, cfg.seed + i)
                 totals["serving_queries"] += q
@@ -220,7 +223,13 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
         serving.stop()
     return totals | {"ndcg@100": ndcg, "live_model_version": live_version, "event_store": str(store),
                      "runs_detail": runs, "next_day_scorable_share": coverage,
-                     "mean_next_day_scorable_share": float(np.mean(coverage)) if coverage else None}
+                     "mean_next_day_scorable_share": _mean_shares(coverage)}
+
+
+def _mean_shares(coverage: list[dict]) -> dict[str, float] | None:
+    if not coverage:
+        return None
+    return {key: float(np.mean([c[key] for c in coverage])) for key in ("live", "evaluated_model")}
 
 
 def scorable_share(clicks, items: set[str]) -> float:
