@@ -92,7 +92,7 @@ def daily(
     pretrained = clock.run("pretrain", pretrain_embeddings, settings, plan, PretrainConfig.from_settings(settings))
     trained = clock.run("fine-tune", fine_tune_led, settings, plan, pretrained, LedConfig.from_settings(settings))
     registered = clock.run("register", register_model, settings, plan, trained, pretrained,
-                           validation["report_path"], dict(clock))
+                           validation.report_path, dict(clock))
     slot = clock.run("index", build_index, settings, run_date, trained, registered)
     decision = clock.run("evaluate-and-gate", evaluate_and_gate, settings, trained, registered, slot)
     log.info("gate %s: %s", "promoted" if decision.promoted else "rejected", "; ".join(decision.reasons))

@@ -10,6 +10,7 @@ from infra.settings import Settings
 from models.gate import GateDecision
 from models.pipeline import Pretrained, Trained, WindowPlan
 from serving.publish import SlotBuild
+from tasks.validate import ValidationReport
 
 METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20")
 
@@ -43,7 +44,7 @@ def _refit_md(refit: GateDecision | None) -> str:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def publish_report(settings: Settings, plan: WindowPlan, validation: dict, pretrained: Pretrained,
+def publish_report(settings: Settings, plan: WindowPlan, validation: ValidationReport, pretrained: Pretrained,
                    trained: Trained, registered: RunInfo, slot: SlotBuild, decision: GateDecision,
                    pushed: dict | None, timings: dict, refit: GateDecision | None = None) -> str:
     rows = metrics_rows(decision)
@@ -63,7 +64,7 @@ Window [{plan.start}, {plan.run_date}): {plan.views:,} views; trained on the day
 explained variance {pretrained.explained_variance:.3f}).
 
 ## Validation
-{validation['summary_md']}
+{validation.summary_md}
 
 ## Challenger vs champion (same held-out clicks, every item of the window: {decision.eval_set})
 | metric | challenger v{decision.challenger_version} | champion v{decision.champion_version or '-'} | delta |

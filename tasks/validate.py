@@ -1,6 +1,8 @@
 """Task: validate the window's events with Great Expectations (data_checks.runner)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -30,8 +32,19 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ValidationReport:
+    """A passed validation: how many checks, the Data Docs page, the summary the daily report embeds."""
+
+    checks: int
+    report_path: str | None
+    seconds: float
+    summary_md: str
+    quarantined: dict = field(default_factory=dict)
+
+
 @task(name="validate", cache_policy=NO_CACHE)
-def validate_events(settings: Settings, run_date: str) -> dict:
+def validate_events(settings: Settings, run_date: str) -> ValidationReport:
     """Raise ``ValidationFailed`` (the run stops, nothing trained or pushed) when any check fails."""
     report_dir = run_dir(settings, run_date) / "validation"
     result = validate_window(settings.events_dir, run_date, settings.window_days, settings, report_dir)
@@ -41,5 +54,5 @@ def validate_events(settings: Settings, run_date: str) -> dict:
         raise ValidationFailed(f"validation failed for {run_date}: {', '.join(result.failed_checks)} "
                                f"(report: {result.report_path}; to train without the failed days: "
                                f"led validate --date {run_date} --quarantine)")
-    return {"success": True, "checks": len(result.checks), "report_path": result.report_path,
-            "seconds": result.seconds, "summary_md": _summary(result), "quarantined": result.quarantined}
+    return ValidationReport(len(result.checks), result.report_path, result.seconds, _summary(result),
+                            dict(result.quarantined or {}))
