@@ -253,7 +253,7 @@ def _account(result: dict, totals: dict) -> str:
         return f"failed: {result.get('error')}"
     if result.get("pushed_slot"):
         totals["pushes"] += 1
-        return f"pushed v{result['model_version']} to {result['pushed_slot']}"
+        return f"pushed v{result.get('pushed_version') or result['model_version']} to {result['pushed_slot']}"
     if not result.get("promoted"):
         totals["gate_rejections"] += 1
         return f"gate rejected v{result['model_version']}"
