@@ -13,7 +13,7 @@ max(EASE, Mult-VAE) on NDCG@100 against the 0.97 target and the gain of the
 fine-tuning over its own initialisation (``led_project - led_init``). It then
 runs LED once more with the schedule the settings had before issue 16 (batch
 512, constant Adam 1e-3, one validation per epoch, patience 3 epochs, at most
-20 epochs) and plots validation NDCG@100 against optimizer steps for both
+20 epochs; every other knob at today's defaults) and plots validation NDCG@100 against optimizer steps for both
 (benchmarks/plots/quality_val_ndcg_vs_steps.png). Results go to
 benchmarks/results/quality.json.
 
@@ -42,7 +42,8 @@ CORE_MODELS = ["popularity", "ease", "mult_vae", "svd_average", "led_init", "led
 
 
 def legacy_flags(train_users: int) -> list[str]:
-    """The pre-issue-16 defaults expressed in the new loop: one validation per epoch of batch-512 steps."""
+    """The pre-issue-16 schedule in the new loop: batch 512, constant Adam 1e-3, one validation per epoch,
+    patience 3 epochs, at most 20 epochs (the other knobs, keep_prob included, stay at today's defaults)."""
     per_epoch = max(1, math.ceil(train_users / 512))
     return ["--batch-size", "512", "--learning-rate", "1e-3", "--lr-schedule", "constant", "--warmup-share", "0",
             "--epochs", "20", "--max-steps", "1000000", "--eval-every", str(per_epoch), "--patience", "3"]
