@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     serve_max_items: int = Field(1000, ge=1)
     serve_max_k: int = Field(1000, ge=1)
     serve_max_body_bytes: int = Field(1 << 20, ge=1024)
+    serve_max_exclude: int = Field(10_000, ge=0, description="most ids in a /recommend \"exclude\" list")
+    serve_max_candidates: int = Field(10_000, ge=0, description="most ids in a /recommend \"candidates\" list")
 
     @field_validator("s3_endpoint_url", mode="before")
     @classmethod

@@ -106,34 +106,44 @@ class Recommender:
         self.V, self.b, self.counts = V, b, counts
         self.index, self.params = index, params
         self.popular = np.argsort(-counts, kind="stable")
-        self._popular_scores = counts[self.popular].astype(np.float64)
 
     @property
     def size(self) -> int:
         return len(self.item_ids)
 
-    def recommend(self, items: Sequence[str], k: int) -> Recommendation:
+    def recommend(self, items: Sequence[str], k: int, exclude: Sequence[str] = (),
+                  candidates: Sequence[str] | None = None) -> Recommendation:
+        """Top-k for a timeline; ``exclude`` ids are never returned, and with ``candidates`` only those
+        can be. Both apply before k, so the answer has k items whenever that many remain."""
         known = [self.position[i] for i in items if i in self.position]
         unknown = len(items) - len(known)
+        allowed = item_filter(self.position, known, exclude, candidates)
         if not known:
-            return self._popularity(k, unknown)
+            return self._popularity(k, unknown, allowed)
         q = self.V[known].mean(axis=0)
-        excluded = set(known)
-        if self.index is None:
+        excluded = allowed.banned
+        if allowed.candidates is not None:
+            top = allowed.candidates  # a candidate set is scored exactly, whole: the re-scoring below ranks it
+        elif self.index is None:
             top = self._exact(q, excluded, k)
         else:
             top = self._approximate(q, excluded, k)
+            if allowed.restricts and len(top) < min(k, self.size - len(excluded)):
+                top = self._exact(q, excluded, k)  # the filter removed too many ANN candidates: k still holds
         scores = self.V[top] @ q + self.b[top]
         order = np.argsort(-scores, kind="stable")[:k]
         return Recommendation([self.item_ids[top[i]] for i in order], scores[order].tolist(), unknown, False)
 
     def _approximate(self, q: np.ndarray, excluded: set[int], k: int) -> np.ndarray:
         p = self.params
+        search_k = p.search_k_for(k)
+        wanted = min(self.size, k + len(excluded))
+        if 0 < search_k < wanted and len(excluded) > k:
+            return np.empty(0, dtype=np.int64)  # a long exclude list: Annoy cannot return enough, score exactly
         query = np.empty(len(q) + 1, dtype=np.float32)
         query[:-1] = q
         query[-1] = p.bias_scale
-        wanted = min(self.size, k + len(excluded))
-        found = self.index.get_nns_by_vector(query, wanted, search_k=p.search_k_for(k))
+        found = self.index.get_nns_by_vector(query, wanted, search_k=search_k)
         return np.fromiter((i for i in found if i not in excluded), dtype=np.int64)
 
     def _exact(self, q: np.ndarray, excluded: set[int], k: int) -> np.ndarray:
@@ -144,9 +154,48 @@ class Recommender:
             return np.empty(0, dtype=np.int64)
         return np.argpartition(-scores, k - 1)[:k]
 
-    def _popularity(self, k: int, unknown: int) -> Recommendation:
-        top = self.popular[:k]
-        return Recommendation([self.item_ids[i] for i in top], self._popular_scores[:k].tolist(), unknown, True)
+    def _popularity(self, k: int, unknown: int, allowed: "ItemFilter") -> Recommendation:
+        top = self.popular
+        if allowed.restricts:
+            top = top[allowed_mask(self.size, allowed)[top]]
+        top = top[:k]
+        return Recommendation([self.item_ids[i] for i in top], self.counts[top].astype(np.float64).tolist(),
+                              unknown, True)
+
+
+# --- business rules: exclude / candidates as index sets ---------------------------------------------
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """A request's item restrictions as catalog positions: ``banned`` (the inputs plus ``exclude``) are
+    never returned; ``candidates`` (sorted, banned removed), when not None, are the only items that may be.
+    Unknown ids in either list are ignored (they cannot be returned anyway)."""
+
+    banned: set[int]
+    candidates: np.ndarray | None
+    restricts: bool  # anything beyond the inputs: exclude or candidates given
+
+
+def item_filter(position: dict[str, int], inputs: Sequence[int], exclude: Sequence[str] = (),
+                candidates: Sequence[str] | None = None) -> ItemFilter:
+    banned = set(inputs)
+    banned.update(position[i] for i in exclude if i in position)
+    allowed = None
+    if candidates is not None:
+        known = np.fromiter((position[i] for i in candidates if i in position), dtype=np.int64)
+        allowed = np.setdiff1d(known, np.fromiter(banned, dtype=np.int64, count=len(banned)))
+    return ItemFilter(banned, allowed, bool(exclude) or candidates is not None)
+
+
+def allowed_mask(size: int, allowed: ItemFilter) -> np.ndarray:
+    """Boolean mask over the catalog: True where an item may be returned."""
+    if allowed.candidates is not None:
+        mask = np.zeros(size, dtype=bool)
+        mask[allowed.candidates] = True
+    else:
+        mask = np.ones(size, dtype=bool)
+    mask[list(allowed.banned)] = False
+    return mask
 
 
 def build_index(V: np.ndarray, b: np.ndarray, n_trees: int, search_k: int, bias_scale: float,
