@@ -234,14 +234,16 @@ def gunicorn_options(host: str, port: int, workers: int, http: str) -> dict:
 
 
 def run_server(settings, port: int, cache_dir: Path, model_dir: Path | None = None, workers: int = 1,
-               http: str = "uvicorn", ready_line: bool = True) -> int:
-    """Index ``model_dir`` (when given), then serve until SIGTERM/SIGINT; returns an exit code."""
+               http: str = "uvicorn", ready_line: bool = True, slot_dir: Path | None = None) -> int:
+    """Index ``model_dir`` (when given; ``slot_dir``: an already indexed slot), else follow ACTIVE; serve until
+    SIGTERM/SIGINT; returns an exit code."""
     from serving.app import prepare_local_model
 
     if http not in TRANSPORTS:
         raise ValueError(f"unknown transport {http!r}: one of {', '.join(TRANSPORTS)}")
     cache_dir = Path(cache_dir)
-    local_dir = prepare_local_model(model_dir, cache_dir, settings) if model_dir else None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    local_dir = prepare_local_model(model_dir, cache_dir, settings) if model_dir else slot_dir
     holder = reserve_port(settings.serve_host, port)
     port = holder.getsockname()[1]
     run_dir = Path(tempfile.mkdtemp(prefix=f".run-{os.getpid()}-", dir=cache_dir))
