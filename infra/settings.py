@@ -129,8 +129,7 @@ class Settings(BaseSettings):
     gate_tolerance: float = Field(0.02, ge=0, lt=1)
     vocab_min_ratio: float = Field(0.5, gt=0)
     vocab_max_ratio: float = Field(2.0, gt=0)
-    n_trees: int = Field(100, ge=1, description="Annoy trees; 100 (was 50) lifted recall@100 at search_k 5000 "
-                         "from 0.91 to 0.98 on a trained 22k-item d=128 export (serving/index.py)")
+    n_trees: int = Field(50, ge=1)
     search_k: int = Field(5000, ge=-1, description="Annoy nodes inspected per query; 5000 gave recall@100 >= 0.99 "
                           "at 20k items with the bias-column conditioning (serving/index.py).")
     min_ann_recall: float = Field(0.95, ge=0, le=1)
