@@ -436,35 +436,41 @@ def wait_for_version(port: int, version: str, workers: int, since: float, timeou
 # --- 5: the plot -----------------------------------------------------------------------------------
 
 def plot(results: dict, path: Path) -> None:
+    """Top: p50 / p90 / p99 latency against offered load (keep-alive connections, closed loop); bottom:
+    throughput. One column per d, one colour per transport, mlflow models serve in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dims = [d for d in results["dims"]]
-    fig, axes = plt.subplots(1, len(dims), figsize=(6.5 * len(dims), 4.5), squeeze=False)
+    dims = list(results["dims"])
+    fig, axes = plt.subplots(2, len(dims), figsize=(6.5 * len(dims), 8), squeeze=False, sharex=True)
     styles = {"p50_ms": ":", "p90_ms": "--", "p99_ms": "-"}
-    for ax, dim in zip(axes[0], dims):
-        sweep = results["dims"][dim]["http"]
-        for color, transport in zip(("tab:gray", "tab:blue", "tab:green"), TRANSPORTS):
-            points = sorted(sweep[transport].items(), key=lambda kv: int(kv[0]))
-            rps = [p["requests_per_s"] or 0 for _, p in points]
+    colours = dict(zip(TRANSPORTS, ("tab:gray", "tab:blue", "tab:green")))
+    for column, dim in enumerate(dims):
+        lat, thr = axes[0][column], axes[1][column]
+        series = dict(results["dims"][dim]["http"])
+        if results["dims"][dim].get("mlflow"):
+            series["mlflow models serve"] = results["dims"][dim]["mlflow"]
+        for name, sweep in series.items():
+            colour = colours.get(name, "tab:red")
+            points = sorted(sweep.items(), key=lambda kv: int(kv[0]))
+            conns = [int(c) for c, _ in points]
             for key, style in styles.items():
-                ax.plot(rps, [p[key] for _, p in points], style, color=color, marker="o", markersize=3,
-                        label=f"{transport} {key[:3]}")
-        mlflow = results["dims"][dim].get("mlflow")
-        if mlflow:
-            points = sorted(mlflow.items(), key=lambda kv: int(kv[0]))
-            ax.plot([p["requests_per_s"] for _, p in points], [p["p99_ms"] for _, p in points], "-", color="tab:red",
-                    marker="x", label="mlflow models serve p99")
-        ax.axhline(2 if int(dim) == 128 else 5, color="black", linewidth=0.6)
-        ax.axvline(3200, color="black", linewidth=0.6)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("throughput at 1, 2, 4, 8, 16 keep-alive connections (req/s)")
-        ax.set_ylabel("latency (ms)")
-        ax.set_title(f"d={dim}: POST /recommend k=10, 2 workers, wrk on the same 2 cores")
-        ax.legend(fontsize=6, ncol=2)
+                lat.plot(conns, [p[key] for _, p in points], style, color=colour, marker="o", markersize=3,
+                         label=f"{name} {key[:3]}")
+            thr.plot(conns, [p["requests_per_s"] for _, p in points], "-", color=colour, marker="o", label=name)
+        lat.axhline(2 if int(dim) == 128 else 5, color="black", linewidth=0.6)
+        thr.axhline(3200, color="black", linewidth=0.6)
+        loads = [p["load_average"] for sweep in series.values() for p in sweep.values()]
+        lat.set_title(f"d={dim}: POST /recommend k=10, 2 workers (load avg {min(loads):.0f}-{max(loads):.0f})")
+        lat.set_yscale("log")
+        lat.set_ylabel("latency (ms); line: target p99")
+        thr.set_ylabel("requests/s; line: 3200 target")
+        thr.set_xscale("log", base=2)
+        thr.set_xlabel("offered load: keep-alive connections (wrk, closed loop, same 2 cores)")
+        lat.legend(fontsize=6, ncol=2)
+        thr.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

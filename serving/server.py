@@ -148,8 +148,10 @@ def _gunicorn_classes():
     from uvicorn_worker import UvicornWorker
 
     class LedUvicornWorker(UvicornWorker):
+        # No access log, no proxy-header rewriting (nothing sits in front of led serve by default):
+        # both cost CPU on every request and the service has its own metrics.
         CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "access_log": False, "server_header": False,
-                         "lifespan": "on"}
+                         "lifespan": "on", "proxy_headers": False}
 
     class LedApplication(BaseApplication):
         def __init__(self, options: dict, plan: WorkerPlan, settings):
