@@ -475,6 +475,33 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown_tables(results: dict, shown: tuple[int, ...] = (4, 8)) -> str:
+    """The README tables: one per d, a row per transport at the target loads (the plot has the sweep)."""
+    out = []
+    for dim, entry in results["dims"].items():
+        index = entry["index"]
+        out += [f"**d={dim}**, {entry['items']} items: n_trees {index['n_trees']}, bias_scale "
+                f"{index['bias_scale']:.2f}, recall@100 {entry['ann_recall_at_100']} (search_k {index['search_k']}), "
+                f"recall@10 {entry['ann_recall_at_10']} (k<=10 search_k {index['small_search_k']}); in-process "
+                f"recommend CPU p50 {entry['recommend_cpu_ms_p50']} ms (exact numpy {entry['exact_numpy_cpu_ms_p50']} ms)",
+                "", "| transport | conns | req/s | p50 ms | p99 ms | server CPU ms/req | non-2xx | load avg |",
+                "|---|---|---|---|---|---|---|---|"]
+        series = dict(entry["http"])
+        if entry.get("mlflow"):
+            series["mlflow models serve"] = entry["mlflow"]
+        for name, sweep in series.items():
+            for conns, r in sorted(sweep.items(), key=lambda kv: int(kv[0])):
+                if int(conns) not in shown:
+                    continue
+                out.append(f"| {name} | {conns} | {r['requests_per_s']:.0f} | {r['p50_ms']} | {r['p99_ms']} | "
+                           f"{r.get('server_cpu_ms_per_request')} | {r['non_2xx']} | {r['load_average']} |")
+        for conns, ratio in (entry.get("vs_mlflow") or {}).items():
+            out.append(f"\nvs mlflow models serve at {conns} connections: {ratio['throughput_ratio']}x the "
+                       f"throughput, {ratio['p99_ratio']}x lower p99")
+        out.append("")
+    return "\n".join(out)
+
+
 # --- optional: LED vs Mult-VAE (synthetic arrays) ----------------------------------------------------------------------------
 
 def vae_forward_top100(W1, b1, W2, b2, W3, b3, W4, b4, items: np.ndarray) -> np.ndarray:
@@ -629,6 +656,7 @@ def main() -> int:
     out = RESULTS if not args.quick else RESULTS.with_name("serving-quick.json")
     out.write_text(json.dumps(results, indent=2))
     plot(results, PLOT if not args.quick else PLOT.with_name("serving_latency-quick.png"))
+    print("\n" + markdown_tables(results))
     print(f"\nwrote {out} and the latency plot")
     return 0
 
