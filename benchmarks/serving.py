@@ -496,8 +496,8 @@ def markdown_tables(results: dict, shown: tuple[int, ...] = (4, 8)) -> str:
                 out.append(f"| {name} | {conns} | {r['requests_per_s']:.0f} | {r['p50_ms']} | {r['p99_ms']} | "
                            f"{r.get('server_cpu_ms_per_request')} | {r['non_2xx']} | {r['load_average']} |")
         for conns, ratio in (entry.get("vs_mlflow") or {}).items():
-            out.append(f"\nvs mlflow models serve at {conns} connections: {ratio['throughput_ratio']}x the "
-                       f"throughput, {ratio['p99_ratio']}x lower p99")
+            out.append(f"\nvs mlflow models serve at {conns} connections: throughput led serve / mlflow = "
+                       f"{ratio['throughput_ratio']}x, p99 mlflow / led serve = {ratio['p99_ratio']}x")
         out.append("")
     return "\n".join(out)
 
@@ -632,8 +632,8 @@ def main() -> int:
                     entry.setdefault("vs_mlflow", {})[c] = {
                         "throughput_ratio": round(ours["requests_per_s"] / theirs["requests_per_s"], 1),
                         "p99_ratio": round(theirs["p99_ms"] / ours["p99_ms"], 1)}
-                    print(f"    c={c}: led serve {entry['vs_mlflow'][c]['throughput_ratio']}x the throughput, "
-                          f"{entry['vs_mlflow'][c]['p99_ratio']}x lower p99 than mlflow models serve", flush=True)
+                    print(f"    c={c}: throughput led serve / mlflow = {entry['vs_mlflow'][c]['throughput_ratio']}x, "
+                          f"p99 mlflow / led serve = {entry['vs_mlflow'][c]['p99_ratio']}x", flush=True)
             results["dims"][dim] = entry
         if not args.quick:
             print("\n== swap under load (moto S3 + led serve --workers 2; d=600 export pushed while wrk runs on "
