@@ -206,3 +206,20 @@ def _json_get_post(port: int, data: dict) -> tuple[int, dict]:
 def _aws_test_credentials(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID", "testing"))
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"))
+
+
+def test_one_json_log_line_per_poll_failure_refused_slot_and_swap(settings, models, tmp_path, capsys):
+    store = BlueGreenStore.from_settings(settings)
+    publish_model(models["v1"], settings, store)
+    service = Service(Limits())
+    poller = Poller(service, store, tmp_path / "cache", 0.2)
+    assert poller.poll_once()
+    store.flip("green", "bogus", "f" * 64, store.read_active())  # ACTIVE names a slot that does not verify
+    assert not poller.poll_once() and not poller.poll_once()  # refused once, not retried
+    Poller(service, BlueGreenStore.from_settings(_down(settings)), tmp_path / "cache", 0.2).poll_once()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith('{"ts"')]
+    events = [line["event"] for line in lines]
+    assert events == ["model_loaded", "slot_refused", "poll_failed"], events
+    refused, failed = lines[1], lines[2]
+    assert refused["slot"] == "green" and refused["model_version"] == "bogus" and refused["serving"] == "1"
+    assert "polling" not in failed["error"] and failed["serving"] == "1" and failed["pid"] == os.getpid()
