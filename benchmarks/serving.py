@@ -68,7 +68,7 @@ from serving.index import IndexParams, Recommender, measure_recall  # noqa: E402
 from serving.publish import build_slot_files  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
-PLOT = ROOT / "benchmarks" / "results" / "serving_latency.png"
+PLOT = ROOT / "benchmarks" / "results" / "serving_latency.png"  # NAME_latency.png with --out NAME
 LED = [sys.executable, "-m", "cli.main"]
 TRANSPORTS = ("legacy", "uvicorn", "gunicorn-asgi")
 DIMS = (128, 600)
@@ -460,10 +460,10 @@ def plot(results: dict, path: Path) -> None:
                 lat.plot(conns, [p[key] for _, p in points], style, color=colour, marker="o", markersize=3,
                          label=f"{name} {key[:3]}")
             thr.plot(conns, [p["requests_per_s"] for _, p in points], "-", color=colour, marker="o", label=name)
-        lat.axhline(2 if int(dim) == 128 else 5, color="black", linewidth=0.6)
+        lat.axhline(5 if results["dims"][dim].get("d", 128) > 128 else 2, color="black", linewidth=0.6)
         thr.axhline(3200, color="black", linewidth=0.6)
         loads = [p["load_average"] for sweep in series.values() for p in sweep.values()]
-        lat.set_title(f"d={dim}: POST /recommend k=10, 2 workers (load avg {min(loads):.0f}-{max(loads):.0f})")
+        lat.set_title(f"{dim}: POST /recommend k=10, 2 workers (load avg {min(loads):.0f}-{max(loads):.0f})")
         lat.set_yscale("log")
         lat.set_ylabel("latency (ms); line: target p99")
         thr.set_ylabel("requests/s; line: 3200 target")
@@ -480,7 +480,7 @@ def markdown_tables(results: dict, shown: tuple[int, ...] = (4, 8)) -> str:
     out = []
     for dim, entry in results["dims"].items():
         index = entry["index"]
-        out += [f"**d={dim}**, {entry['items']} items: n_trees {index['n_trees']}, bias_scale "
+        out += [f"**{dim}** (d={entry.get('d', dim)}), {entry['items']} items: n_trees {index['n_trees']}, bias_scale "
                 f"{index['bias_scale']:.2f}, recall@100 {entry['ann_recall_at_100']} (search_k {index['search_k']}), "
                 f"recall@10 {entry['ann_recall_at_10']} (k<=10 search_k {index['small_search_k']}); in-process "
                 f"recommend CPU p50 {entry['recommend_cpu_ms_p50']} ms (exact numpy {entry['exact_numpy_cpu_ms_p50']} ms)",
@@ -576,7 +576,9 @@ def led_vs_vae(root: Path, items: int, dim: int, settings: Settings, repeats: in
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prepare", type=Path, default=None, help="write the two trained exports into this folder")
-    ap.add_argument("--models", type=Path, default=None, help="folder holding model-d128/ and model-d600/")
+    ap.add_argument("--models", type=Path, default=None,
+                    help="folder of exports named model-*/ (--prepare writes model-d128/ and model-d600/)")
+    ap.add_argument("--out", default="serving", help="results name: benchmarks/results/NAME.json (+ _latency.png)")
     ap.add_argument("--quick", action="store_true", help="3 s points, loads 4 and 8 only, no swap/mlflow")
     ap.add_argument("--seconds", type=float, default=None, help="wrk duration per point")
     ap.add_argument("--workers", type=int, default=2)
@@ -587,8 +589,9 @@ def main() -> int:
     if args.prepare:
         prepare(args.prepare)
         return 0
-    if args.models is None or not all((args.models / f"model-d{d}").is_dir() for d in DIMS):
-        print("need --models DIR with model-d128/ and model-d600/ (make them with --prepare DIR)", file=sys.stderr)
+    exports = sorted(args.models.glob("model-*")) if args.models else []
+    if not exports:
+        print("need --models DIR holding exports named model-*/ (make two with --prepare DIR)", file=sys.stderr)
         return 2
     if shutil.which("wrk") is None:
         print("wrk (the load generator) is not installed: apt-get update && apt-get install -y wrk", file=sys.stderr)
@@ -603,11 +606,11 @@ def main() -> int:
                      "dims": {}}
     root = Path(tempfile.mkdtemp(prefix="led-bench-serving-"))
     try:
-        for dim in DIMS:
-            model_dir = args.models / f"model-d{dim}"
+        for model_dir in exports:
             model = load_model(model_dir)
-            print(f"\n== trained export d={dim}: {len(model.item_ids)} items, {len(model.eval_timelines)} "
-                  "held-out timelines", flush=True)
+            dim = model_dir.name.removeprefix("model-")  # the results key: d128, d600, ml20m-d128 ...
+            print(f"\n== trained export {model_dir.name} (d={model.dim}): {len(model.item_ids)} items, "
+                  f"{len(model.eval_timelines)} held-out timelines", flush=True)
             slot, manifest, build_s = make_slot(model_dir, root, settings)
             index = manifest["index"]
             ip = in_process(model_dir, slot, 500 if args.quick else 3000)
@@ -621,7 +624,7 @@ def main() -> int:
             bodies = [json.dumps({"items": t, "k": 10}) for t in model.eval_timelines[:300]]
             print(f"  HTTP (wrk -t1 -cN -d{seconds:.0f}s, POST /recommend k=10, {args.workers} workers):", flush=True)
             http = http_sweep(slot, bodies, root, seconds, loads, args.workers)
-            entry = {"items": len(model.item_ids), "index_build_seconds": round(build_s, 2), "index": index,
+            entry = {"d": model.dim, "items": len(model.item_ids), "index_build_seconds": round(build_s, 2), "index": index,
                      "ann_report_small_k": manifest["ann_report"]["small_k"], **ip, "http": http}
             if not (args.quick or args.skip_mlflow):
                 print("  mlflow models serve (registered pyfunc, same export, same wrk):", flush=True)
@@ -635,7 +638,7 @@ def main() -> int:
                     print(f"    c={c}: throughput led serve / mlflow = {entry['vs_mlflow'][c]['throughput_ratio']}x, "
                           f"p99 mlflow / led serve = {entry['vs_mlflow'][c]['p99_ratio']}x", flush=True)
             results["dims"][dim] = entry
-        if not args.quick:
+        if not args.quick and all((args.models / f"model-d{d}").is_dir() for d in DIMS):
             print("\n== swap under load (moto S3 + led serve --workers 2; d=600 export pushed while wrk runs on "
                   "d=128 timelines)", flush=True)
             bodies = [json.dumps({"items": t, "k": 10}) for t in load_model(args.models / "model-d128").eval_timelines[:300]]
@@ -653,9 +656,10 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    out = RESULTS if not args.quick else RESULTS.with_name("serving-quick.json")
+    name = args.out + ("-quick" if args.quick else "")
+    out = RESULTS.with_name(f"{name}.json")
     out.write_text(json.dumps(results, indent=2))
-    plot(results, PLOT if not args.quick else PLOT.with_name("serving_latency-quick.png"))
+    plot(results, PLOT.with_name(f"{name}_latency.png"))
     print("\n" + markdown_tables(results))
     print(f"\nwrote {out} and the latency plot")
     return 0

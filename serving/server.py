@@ -209,7 +209,7 @@ def _child_exit(server, worker) -> None:
     from serving.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
-    log_event("worker_exited", worker_pid=worker.pid, replaced=bool(server.WORKERS) or server.num_workers > 0)
+    log_event("worker_exited", worker_pid=worker.pid)  # the arbiter spawns its replacement next
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
