@@ -37,6 +37,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.app import allowed_methods
 from serving.events import log_event
 
 TRANSPORTS = ("uvicorn", "gunicorn-asgi")
@@ -88,8 +89,6 @@ class LedAsgi:
                 return
 
     async def _http(self, scope, receive, send) -> None:
-        from serving.app import allowed_methods
-
         limit = self.service.limits.max_body_bytes
         if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             await self._refuse(send, 431, "request header fields too large")
