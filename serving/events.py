@@ -20,9 +20,21 @@ class _JsonLines(logging.Formatter):
         return record.getMessage()
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (not the one seen at the first event)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _handler_installed() -> None:
     if not LOGGER.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(_JsonLines())
         LOGGER.addHandler(handler)
         LOGGER.setLevel(logging.INFO)
