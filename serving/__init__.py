@@ -1,4 +1,5 @@
-"""Index, blue/green storage and the HTTP service (numpy + annoy + boto3 only; never TF/Spark/MLflow/Prefect).
+"""Index, blue/green storage and the HTTP service (numpy, annoy, boto3, prometheus_client, gunicorn, uvicorn;
+never TF/Spark/MLflow/Prefect).
 
 Public API for the other stages:
 
@@ -8,5 +9,6 @@ Public API for the other stages:
   manifest_sha256, previous_slot, previous_model_version, n_trees, search_k, bias_scale, items, dim, ...
 - ``serving.publish.build_slot_files(model_dir, work_dir, n_trees, search_k, min_recall)``: index only.
 - ``serving.storage``: ``BlueGreenStore.from_settings(settings)``, ``status(store)``, ``rollback(store)``.
-- ``serving.app.run_server(settings, port, cache_dir, model_dir=None, workers=1, http="asyncio")``.
+- ``serving.app.run_server(settings, port, cache_dir, model_dir=None, workers=1, http="uvicorn")``: gunicorn
+  workers (``serving.server``) over ``serving.app.Service``; ``Recommender.recommend(items, k, exclude, candidates)``.
 """

@@ -1,4 +1,4 @@
-"""The recommendation HTTP service behind ``led serve``.
+"""The recommendation service behind ``led serve``: model lifecycle and the request handler.
 
 Pieces, from the inside out:
 
@@ -14,34 +14,33 @@ Pieces, from the inside out:
   when nothing changed), downloads and verifies the new slot into
   ``cache_dir/<manifest_sha256>/`` (temp dir + rename, so a partial slot is
   never visible), loads it, and only then swaps. Any failure keeps the old
-  model serving and is shown in ``/model`` (``last_error``) and ``/metrics``
-  (``led_model_load_failures_total``); a slot that failed verification is not
-  retried until ACTIVE changes again.
-- The HTTP transport. Default: a small asyncio HTTP/1.1 server (keep-alive,
-  Content-Length bodies only) that calls ``Service.handle`` inline on the event
-  loop; the handler is CPU-bound and short (~0.1-1 ms), so a thread hand-off
-  would cost more than it saves. Measured against the stdlib
-  ``ThreadingHTTPServer`` (``--http stdlib``), see benchmarks/README.md. Parallelism
-  comes from ``workers`` processes sharing one listening socket (each maps the
-  same index file, so pages are shared). Each worker has its own poller and
-  its own ``/metrics`` counters (a scrape sees one worker); run one worker per
-  port/container where per-process metrics matter. Idle connections close
-  after 60 s.
+  model serving and is shown in ``/model`` (``last_error``), ``/metrics``
+  (``led_model_load_failures_total``) and one JSON log line; a slot that failed
+  verification is not retried until ACTIVE changes again.
+- **Storage outages.** Every swap records the slot in
+  ``cache_dir/LAST_ACTIVE.json``. A process that starts while the store is
+  unreachable re-checks that cached slot's hashes on disk and serves it,
+  flagged *stale* in ``/model``, ``/readyz`` and ``/metrics`` until a poll
+  reaches the store again (then it confirms the model or swaps to the new
+  ACTIVE). With nothing verified in the cache it stays unready and
+  ``/readyz`` says why.
 
-Endpoints: ``POST /recommend`` ``{"items": [ids], "k": 10}``; ``GET /healthz``,
-``/readyz``, ``/model``, ``/metrics``. Bad input is answered 4xx with
-``{"error": ...}``; 503 only while no model is loaded.
+The HTTP transport and the worker processes are maintained software
+(``serving/server.py``: gunicorn owns the workers, uvicorn speaks HTTP), so this
+module knows nothing about sockets.
 
-Imports: numpy, annoy, boto3 (for S3) and the standard library only.
+Endpoints: ``POST /recommend`` ``{"items": [ids], "k": 10, "exclude": [ids],
+"candidates": [ids]}``; ``GET /healthz``, ``/readyz``, ``/model``, ``/metrics``.
+Bad input is answered 4xx with ``{"error": ...}``; 503 only while no model is
+loaded.
+
+Imports: numpy, annoy, boto3 (for S3), prometheus_client and the standard library only.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import sys
 import threading
 import time
@@ -51,14 +50,14 @@ from typing import Any
 
 import numpy as np
 
+from serving.events import log_event
 from serving.index import INDEX_FILE, IndexParams, Recommender, load_index
 from serving.metrics import Metrics
-from serving.storage import MANIFEST, BlueGreenStore, VerificationError
+from serving.storage import (MANIFEST, BlueGreenStore, VerificationError, recall_active, remember_active,
+                             verify_cached_slot)
 
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
-MAX_HEADER_BYTES = 16 * 1024
-IDLE_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,10 +65,13 @@ class Limits:
     max_items: int = 1000
     max_k: int = 1000
     max_body_bytes: int = 1 << 20
+    max_exclude: int = 10_000
+    max_candidates: int = 10_000
 
     @classmethod
     def from_settings(cls, settings) -> "Limits":
-        return cls(settings.serve_max_items, settings.serve_max_k, settings.serve_max_body_bytes)
+        return cls(settings.serve_max_items, settings.serve_max_k, settings.serve_max_body_bytes,
+                   settings.serve_max_exclude, settings.serve_max_candidates)
 
 
 @dataclass
@@ -118,6 +120,14 @@ class BadRequest(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class Query:
+    items: list[str]
+    k: int
+    exclude: list[str]
+    candidates: list[str] | None
+
+
 class Service:
     """Transport-independent handler; holds the live model reference and the metrics."""
 
@@ -129,18 +139,37 @@ class Service:
         self.last_poll: float | None = None
         self.active: dict | None = None
         self.swaps = 0
+        self.stale_reason: str | None = None  # set while serving a cached model ACTIVE could not confirm
+        self.unready_reason: str | None = "starting: no model loaded yet"
 
     # --- model lifecycle (called from the poller thread) --------------------
-    def swap(self, model: LoadedModel) -> None:
-        swapped = self.model is not None
+    def swap(self, model: LoadedModel, stale_reason: str | None = None) -> None:
+        previous = self.model
         self.model = model  # one reference assignment: atomic for readers
-        self.swaps += int(swapped)
+        self.swaps += int(previous is not None)
         self.last_error = None
-        self.metrics.model_loaded(model.model_version, model.slot, swapped)
+        self.stale_reason = stale_reason
+        self.unready_reason = None
+        self.metrics.model_loaded(model.model_version, model.slot, previous is not None, stale_reason is not None)
+        log_event("model_swap" if previous else "model_loaded", model_version=model.model_version, slot=model.slot,
+                  manifest_sha256=model.manifest_sha256, previous_version=previous.model_version if previous else None,
+                  stale=stale_reason is not None, directory=str(model.directory))
 
-    def report_failure(self, message: str) -> None:
+    def confirm(self) -> None:
+        """A poll reached the store and ACTIVE names the model being served: it is no longer stale."""
+        if self.stale_reason is not None:
+            self.stale_reason = None
+            self.metrics.set_stale(False)
+            log_event("model_confirmed", model_version=self.model.model_version if self.model else None)
+
+    def report_failure(self, event: str, message: str, **fields) -> None:
         self.last_error = message
         self.metrics.load_failed()
+        log_event(event, error=message, **fields)
+
+    @property
+    def stale(self) -> bool:
+        return self.stale_reason is not None
 
     # --- requests --------------------------------------------------------------
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
@@ -161,68 +190,88 @@ class Service:
         allowed = ROUTES.get(path)
         if allowed is None:
             raise BadRequest(404, f"no such endpoint: {path}")
-        if method != allowed:
+        if method != allowed and not (method == "HEAD" and allowed == "GET"):
             raise BadRequest(405, f"{path} accepts {allowed} only")
         if path == "/recommend":
             return 200, JSON, self.recommend(body)
         if path == "/healthz":
             return 200, JSON, b'{"status":"ok"}'
         if path == "/readyz":
-            ready = self.model is not None
-            return (200 if ready else 503), JSON, _json({"ready": ready})
+            return self.readiness()
         if path == "/model":
             return 200, JSON, _json(self.describe())
-        return 200, PROMETHEUS, self.metrics.render().encode()
+        return 200, PROMETHEUS, self.metrics.render()
+
+    def readiness(self) -> tuple[int, str, bytes]:
+        if self.model is None:
+            return 503, JSON, _json({"ready": False, "reason": self.unready_reason})
+        return 200, JSON, _json({"ready": True, "stale": self.stale, "stale_reason": self.stale_reason,
+                                 "model_version": self.model.model_version})
 
     def recommend(self, body: bytes) -> bytes:
         model = self.model  # read once: a concurrent swap cannot change it under this request
-        items, k = self._parse(body)
+        query = self._parse(body)
         if model is None:
-            raise BadRequest(503, "no model loaded yet")
-        rec = model.recommender.recommend(items, k)
+            raise BadRequest(503, f"no model loaded: {self.unready_reason}")
+        rec = model.recommender.recommend(query.items, query.k, query.exclude, query.candidates)
         self.metrics.count_recommendation(rec.unknown, rec.fallback)
         return _json({"ids": rec.ids, "scores": rec.scores, "model_version": model.model_version,
                       "slot": model.slot, "unknown_items": rec.unknown,
                       "fallback": "popularity" if rec.fallback else None})
 
-    def _parse(self, body: bytes) -> tuple[list[str], int]:
-        if len(body) > self.limits.max_body_bytes:
-            raise BadRequest(413, f"body larger than {self.limits.max_body_bytes} bytes")
+    def _parse(self, body: bytes) -> Query:
+        limits = self.limits
+        if len(body) > limits.max_body_bytes:
+            raise BadRequest(413, f"body larger than {limits.max_body_bytes} bytes")
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
             raise BadRequest(400, "body is not valid JSON") from None
         if not isinstance(data, dict):
             raise BadRequest(400, 'body must be a JSON object {"items": [...], "k": 10}')
-        items = data.get("items", [])
-        if not isinstance(items, list):
-            raise BadRequest(400, '"items" must be a list of item ids')
-        if len(items) > self.limits.max_items:
-            raise BadRequest(413, f'"items" has {len(items)} entries, limit {self.limits.max_items}')
         k = data.get("k", 10)
         if not isinstance(k, int) or isinstance(k, bool):
             raise BadRequest(400, '"k" must be an integer')
-        if not 1 <= k <= self.limits.max_k:
-            raise BadRequest(422, f'"k" must be between 1 and {self.limits.max_k}')
-        ids = []
-        for item in items:
-            if isinstance(item, str):
-                ids.append(item)
-            elif isinstance(item, int) and not isinstance(item, bool):
-                ids.append(str(item))
-            else:
-                raise BadRequest(400, '"items" entries must be strings (or integers)')
-        return ids, k
+        if not 1 <= k <= limits.max_k:
+            raise BadRequest(422, f'"k" must be between 1 and {limits.max_k}')
+        items = _id_list(data.get("items", []), "items", limits.max_items)
+        exclude = _id_list(data.get("exclude") or [], "exclude", limits.max_exclude)
+        candidates = data.get("candidates")
+        candidates = None if candidates is None else _id_list(candidates, "candidates", limits.max_candidates)
+        return Query(items, k, exclude, candidates)
 
     def describe(self) -> dict:
         current = self.model.describe() if self.model else None
-        return {"ready": self.model is not None, "model": current, "active": self.active,
-                "swaps": self.swaps, "last_error": self.last_error,
+        return {"ready": self.model is not None, "model": current, "stale": self.stale,
+                "stale_reason": self.stale_reason, "unready_reason": None if self.model else self.unready_reason,
+                "active": self.active, "swaps": self.swaps, "last_error": self.last_error,
                 "last_poll": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_poll))
                 if self.last_poll else None, "limits": self.limits.__dict__, "pid": os.getpid()}
 
 
 ROUTES = {"/recommend": "POST", "/healthz": "GET", "/readyz": "GET", "/model": "GET", "/metrics": "GET"}
+
+
+def allowed_methods(path: str) -> str | None:
+    """The ``Allow`` header value of a 405 (RFC 9110 15.5.6)."""
+    method = ROUTES.get(path.split("?", 1)[0])
+    return None if method is None else ("GET, HEAD" if method == "GET" else method)
+
+
+def _id_list(value: Any, name: str, limit: int) -> list[str]:
+    if not isinstance(value, list):
+        raise BadRequest(400, f'"{name}" must be a list of item ids')
+    if len(value) > limit:
+        raise BadRequest(413, f'"{name}" has {len(value)} entries, limit {limit}')
+    ids = []
+    for item in value:
+        if isinstance(item, str):
+            ids.append(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            ids.append(str(item))
+        else:
+            raise BadRequest(400, f'"{name}" entries must be strings (or integers)')
+    return ids
 
 
 def _json(data: Any) -> bytes:
@@ -239,6 +288,7 @@ class Poller(threading.Thread):
         self.service, self.store, self.cache_dir, self.interval = service, store, Path(cache_dir), interval
         self.etag: str | None = None
         self.failed_etag: str | None = None
+        self.store_error: str | None = None
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -248,35 +298,79 @@ class Poller(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
 
+    def start_up(self) -> None:
+        """The first load, before the worker accepts requests: ACTIVE when the store answers, else the
+        verified local cache (served as stale)."""
+        self.poll_once()
+        if self.service.model is None and self.store_error is not None:
+            self.load_cached()
+
     def poll_once(self) -> bool:
         """One poll; True when a new model was swapped in."""
         try:
             active = self.store.active_changed(self.etag)
         except Exception as exc:  # store unreachable: keep serving, report, retry next poll
+            self.store_error = f"polling ACTIVE failed: {exc}"
             self.service.metrics.poll_failed()
-            self.service.last_error = f"polling ACTIVE failed: {exc}"
+            self.service.last_error = self.store_error
+            if self.service.model is None:
+                self.service.unready_reason = f"store unreachable: {exc}"
+            log_event("poll_failed", error=str(exc), store=self.store.url, serving=self._serving())
             return False
+        self.store_error = None
         self.service.last_poll = time.time()
+        if active is None and self.service.model is None:
+            self.service.unready_reason = f"no ACTIVE model in {self.store.url} yet"
         if active is False or active is None or active.etag == self.failed_etag:
             return False
         self.service.active = active.to_json()
         current = self.service.model
         if current is not None and (current.slot, current.manifest_sha256) == (active.slot, active.manifest_sha256):
-            self.etag = active.etag  # e.g. a rollback-and-forward to the version we serve
+            self.etag = active.etag  # e.g. a rollback-and-forward to the version we serve, or a cached start
+            self.service.confirm()
             return False
         try:
             model = self._fetch_and_load(active)
         except VerificationError as exc:
             self.failed_etag = active.etag  # this ACTIVE names a bad slot: wait for the next flip
-            self.service.report_failure(f"refused slot {active.slot} ({active.model_version}): {exc}")
+            self.service.report_failure("slot_refused", f"refused slot {active.slot} ({active.model_version}): {exc}",
+                                        slot=active.slot, model_version=active.model_version,
+                                        serving=self._serving())
             return False
         except Exception as exc:  # transient (network, disk): retry on the next poll
-            self.service.report_failure(f"loading slot {active.slot} ({active.model_version}) failed: {exc!r}")
+            self.service.report_failure("slot_load_failed",
+                                        f"loading slot {active.slot} ({active.model_version}) failed: {exc!r}",
+                                        slot=active.slot, model_version=active.model_version,
+                                        serving=self._serving())
             return False
         self.service.swap(model)
         self.etag = active.etag
+        remember_active(self.cache_dir, active)
         self._prune_cache(keep={active.manifest_sha256, current.manifest_sha256 if current else ""})
         return True
+
+    def load_cached(self) -> bool:
+        """Serve the slot this cache last swapped in, after re-checking every hash on disk."""
+        remembered = recall_active(self.cache_dir)
+        if remembered is None:
+            self.service.unready_reason = (f"{self.store_error}; and no verified model in the local cache "
+                                           f"{self.cache_dir}")
+            log_event("cache_empty", cache_dir=str(self.cache_dir), reason=self.service.unready_reason)
+            return False
+        directory = self.cache_dir / remembered.manifest_sha256
+        try:
+            verify_cached_slot(directory, remembered.manifest_sha256)
+            model = load_slot_dir(directory, remembered.slot, remembered.manifest_sha256)
+        except (VerificationError, ValueError, OSError) as exc:
+            self.service.unready_reason = f"{self.store_error}; cached slot refused: {exc}"
+            self.service.report_failure("cache_refused", f"cached slot refused: {exc}", directory=str(directory))
+            return False
+        self.service.swap(model, stale_reason=f"store unreachable at start ({self.store_error}): serving the "
+                                              f"verified cached slot {remembered.slot} ({remembered.model_version})")
+        return True
+
+    def _serving(self) -> str | None:
+        return self.service.model.model_version if self.service.model else None
 
     def _fetch_and_load(self, active) -> LoadedModel:
         dest = self.cache_dir / active.manifest_sha256
@@ -286,206 +380,8 @@ class Poller(threading.Thread):
 
     def _prune_cache(self, keep: set[str]) -> None:
         for entry in self.cache_dir.iterdir():
-            if entry.is_dir() and entry.name not in keep and not entry.name.startswith(".tmp-"):
+            if entry.is_dir() and entry.name not in keep and not entry.name.startswith("."):
                 shutil.rmtree(entry, ignore_errors=True)  # mapped files stay valid until unmapped
-
-
-# --- transports ------------------------------------------------------------------------------------
-
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-           411: "Length Required", 413: "Content Too Large", 422: "Unprocessable Content",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
-           503: "Service Unavailable"}
-
-
-def _response(status: int, ctype: str, payload: bytes, keep_alive: bool) -> bytes:
-    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(payload)}\r\n{'' if keep_alive else 'Connection: close' + chr(13) + chr(10)}\r\n")
-    return head.encode("latin-1") + payload
-
-
-class HttpProtocol(asyncio.Protocol):
-    """Minimal HTTP/1.1: request line + headers, Content-Length bodies, keep-alive, pipelining."""
-
-    def __init__(self, service: Service):
-        self.service = service
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.sent_continue = False
-        self.last_active = time.monotonic()
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        asyncio.get_running_loop().call_later(IDLE_TIMEOUT_SECONDS, self._close_if_idle)
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-
-    def _close_if_idle(self) -> None:
-        """Idle keep-alive (or half-sent) connections are closed so they cannot pile up."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        idle = time.monotonic() - self.last_active
-        if idle >= IDLE_TIMEOUT_SECONDS:
-            self.transport.close()
-        else:
-            asyncio.get_running_loop().call_later(IDLE_TIMEOUT_SECONDS - idle, self._close_if_idle)
-
-    def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
-        self.buffer += data
-        while self.transport is not None and not self.transport.is_closing():
-            if not self._handle_one():
-                return
-
-    def _handle_one(self) -> bool:
-        """Answer one complete request from the buffer; False when more bytes are needed."""
-        end = self.buffer.find(b"\r\n\r\n")
-        if end > MAX_HEADER_BYTES or (end < 0 and len(self.buffer) > MAX_HEADER_BYTES):
-            self._fail(431, "request headers too large")
-            return False
-        if end < 0:
-            return False
-        try:
-            method, path, version, headers = _parse_head(bytes(self.buffer[:end]))
-        except ValueError as exc:
-            self._fail(400, str(exc))
-            return False
-        if "chunked" in headers.get("transfer-encoding", ""):
-            self._fail(411, "chunked bodies are not supported: send Content-Length")
-            return False
-        try:
-            length = int(headers.get("content-length", "0"))
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self._fail(400, "bad Content-Length")
-            return False
-        if length > self.service.limits.max_body_bytes:
-            self._fail(413, f"body larger than {self.service.limits.max_body_bytes} bytes")
-            return False
-        total = end + 4 + length
-        if len(self.buffer) < total:
-            if headers.get("expect", "").lower() == "100-continue" and not self.sent_continue:
-                self.sent_continue = True  # curl waits ~1 s for this before sending bodies > 1 KiB
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            return False
-        self.sent_continue = False
-        body = bytes(self.buffer[end + 4:total])
-        del self.buffer[:total]
-        connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
-        status, ctype, payload = self.service.handle(method, path, body)
-        self.transport.write(_response(status, ctype, payload, keep_alive))
-        if not keep_alive:
-            self.transport.close()
-        return True
-
-    def _fail(self, status: int, message: str) -> None:
-        self.service.metrics.observe("other", status, 0.0)
-        self.transport.write(_response(status, JSON, _json({"error": message}), keep_alive=False))
-        self.transport.close()
-        self.buffer.clear()
-
-
-def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-        raise ValueError("undecodable request head") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise ValueError("malformed request line")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise ValueError("malformed header line")
-        headers[name.strip().lower()] = value.strip()
-    return parts[0], parts[1], parts[2], headers
-
-
-async def _serve_asyncio(service: Service, sock: socket.socket, stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: HttpProtocol(service), sock=sock, backlog=1024)
-    async with server:
-        await stop.wait()
-
-
-def run_asyncio(service: Service, sock: socket.socket) -> None:
-    """Serve on ``sock`` until SIGTERM/SIGINT."""
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await _serve_asyncio(service, sock, stop)
-
-    asyncio.run(main())
-
-
-def run_stdlib(service: Service, sock: socket.socket) -> None:
-    """The comparison transport: ``http.server.ThreadingHTTPServer`` (one thread per connection)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body are separate writes: avoid the 40 ms delayed-ACK stall
-
-        def _answer(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if length < 0:
-                status, ctype, payload = 400, JSON, _json({"error": "bad Content-Length"})
-                self.close_connection = True
-            elif length > service.limits.max_body_bytes:
-                status, ctype, payload = 413, JSON, _json({"error": "body too large"})
-                self.close_connection = True
-            else:
-                status, ctype, payload = service.handle(self.command, self.path, self.rfile.read(length))
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        do_GET = do_POST = do_PUT = do_DELETE = _answer
-
-        def log_message(self, *args) -> None:  # access logs would dominate the cost
-            pass
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def server_bind(self) -> None:  # the socket is already bound (shared with workers)
-            self.server_address = self.socket.getsockname()
-
-    server = Server(sock.getsockname(), Handler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = sock
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-
-
-TRANSPORTS = {"asyncio": run_asyncio, "stdlib": run_stdlib}
-
-
-def bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 # --- process setup -------------------------------------------------------------------------------
@@ -496,8 +392,9 @@ def prepare_local_model(model_dir: Path, cache_dir: Path, settings) -> Path:
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     work = cache_dir / f".tmp-local-{os.getpid()}"
-    files, manifest = build_slot_files(model_dir, work, settings.n_trees, settings.search_k,
-                                       settings.min_ann_recall, settings.seed)
+    slot = build_slot_files(model_dir, work, settings.n_trees, settings.search_k, settings.min_ann_recall,
+                            settings.seed)
+    files, manifest = slot.files, slot.manifest
     dest = cache_dir / "local"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
@@ -508,63 +405,9 @@ def prepare_local_model(model_dir: Path, cache_dir: Path, settings) -> Path:
     return dest
 
 
-def serve_forever(settings, sock: socket.socket, cache_dir: Path, local_dir: Path | None = None,
-                  http: str = "asyncio") -> None:
-    """One serving process: load (local model, or follow ACTIVE with a poller), then answer requests."""
-    service = Service(Limits.from_settings(settings))
-    poller = None
-    if local_dir is not None:
-        service.swap(load_slot_dir(local_dir, "local", "local"))
-    else:
-        store = BlueGreenStore.from_settings(settings)  # boto3 clients are not fork-safe: one per process
-        poller = Poller(service, store, cache_dir, settings.serve_poll_seconds)
-        # First load before accepting: with several workers on one socket, a worker that is still
-        # downloading would otherwise answer 503 to requests its ready siblings could serve.
-        poller.poll_once()
-        poller.start()
-    try:
-        TRANSPORTS[http](service, sock)
-    finally:
-        if poller is not None:
-            poller.stop()
-
-
 def run_server(settings, port: int, cache_dir: Path, model_dir: Path | None = None, workers: int = 1,
-               http: str = "asyncio", ready_line: bool = True) -> int:
-    """Bind, then serve with ``workers`` processes sharing the socket; returns an exit code."""
-    local_dir = prepare_local_model(model_dir, cache_dir, settings) if model_dir else None
-    sock = bind(settings.serve_host, port)
-    if ready_line:
-        print(json.dumps({"listening": f"http://{settings.serve_host}:{sock.getsockname()[1]}",
-                          "workers": workers, "http": http, "pid": os.getpid()}), flush=True)
-    if workers <= 1:
-        serve_forever(settings, sock, cache_dir, local_dir, http)
-        return 0
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 0
-            try:
-                serve_forever(settings, sock, cache_dir, local_dir, http)
-            except BaseException as exc:  # noqa: BLE001 - report and exit the child, never return to the parent's code
-                print(f"led serve worker {os.getpid()}: {exc!r}", file=sys.stderr, flush=True)
-                code = 1
-            finally:
-                os._exit(code)
-        children.append(pid)
-    forward = lambda signum, _frame: [_kill(pid, signum) for pid in children]  # noqa: E731
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+               ready_line: bool = True, **options) -> int:
+    """Serve with ``workers`` processes (see ``serving.server``); returns an exit code."""
+    from serving.server import run_server as run
 
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+    return run(settings, port, cache_dir, model_dir, workers, ready_line=ready_line, **options)

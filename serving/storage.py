@@ -223,6 +223,10 @@ class BlueGreenStore:
     # --- slots -------------------------------------------------------------
     def read_manifest(self, slot: str) -> tuple[dict, str] | None:
         """(manifest, sha256 of its bytes) or None when the slot is empty."""
+        found = self._read_manifest_raw(slot)
+        return None if found is None else found[:2]
+
+    def _read_manifest_raw(self, slot: str) -> tuple[dict, str, bytes] | None:
         from botocore.exceptions import ClientError
 
         try:
@@ -231,11 +235,7 @@ class BlueGreenStore:
             if _error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise
-        try:
-            manifest = json.loads(raw)
-        except ValueError:
-            raise VerificationError(f"slot {slot}: manifest.json is not JSON") from None
-        return manifest, hashlib.sha256(raw).hexdigest()
+        return _parse_manifest(raw, slot), hashlib.sha256(raw).hexdigest(), raw
 
     def write_slot(self, slot: str, files: dict[str, Path], manifest: dict) -> str:
         """Upload artifacts, then the manifest listing their sha256; returns the manifest's sha256."""
@@ -256,10 +256,10 @@ class BlueGreenStore:
         Raises ``VerificationError`` on any mismatch; ``dest`` is then not created. An existing
         ``dest`` is never overwritten (cache directories are named by the manifest's sha256).
         """
-        found = self.read_manifest(slot)
+        found = self._read_manifest_raw(slot)
         if found is None:
             raise VerificationError(f"slot {slot} is empty (no manifest.json)")
-        manifest, manifest_sha = found
+        manifest, manifest_sha, raw = found
         if expected_manifest_sha256 and manifest_sha != expected_manifest_sha256:
             raise VerificationError(
                 f"slot {slot}: manifest sha256 {manifest_sha[:12]} != ACTIVE's {expected_manifest_sha256[:12]} "
@@ -275,7 +275,7 @@ class BlueGreenStore:
                 if actual != meta["sha256"]:
                     raise VerificationError(f"slot {slot}: {name} sha256 {actual[:12]} != manifest "
                                             f"{meta['sha256'][:12]}")
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            (tmp / MANIFEST).write_bytes(raw)  # the exact bytes: the cached slot can be re-verified offline
             try:
                 os.rename(tmp, dest)
             except OSError:
@@ -303,6 +303,55 @@ class BlueGreenStore:
             self.s3.download_file(self.bucket, self.slot_key(slot, name), str(local))
         except ClientError as exc:
             raise VerificationError(f"slot {slot}: {name} unreadable ({_error_code(exc) or exc})") from None
+
+
+def _parse_manifest(raw: bytes, slot: str) -> dict:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise VerificationError(f"slot {slot}: manifest.json is not JSON") from None
+
+
+# --- the local cache: what a server restarted during a storage outage can still serve ----------------
+
+LAST_ACTIVE = "LAST_ACTIVE.json"
+
+
+def remember_active(cache_dir: Path, active: Active) -> None:
+    """Record (atomically) which cached slot directory was last verified and swapped in."""
+    cache_dir = Path(cache_dir)
+    tmp = cache_dir / f".{LAST_ACTIVE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({**active.to_json(), "etag": active.etag, "recorded_at": time.time()}))
+    os.replace(tmp, cache_dir / LAST_ACTIVE)
+
+
+def recall_active(cache_dir: Path) -> Active | None:
+    """The last ACTIVE this cache served, or None (no record, or an unreadable one)."""
+    try:
+        data = json.loads((Path(cache_dir) / LAST_ACTIVE).read_text())
+        return Active(data["slot"], str(data["model_version"]), str(data["manifest_sha256"]), str(data["etag"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def verify_cached_slot(directory: Path, expected_manifest_sha256: str) -> dict:
+    """Re-check a cached slot on disk: the manifest's bytes hash to what ACTIVE named, and every object it
+    lists hashes to its manifest entry. ``VerificationError`` otherwise (nothing is trusted from the cache)."""
+    directory = Path(directory)
+    try:
+        raw = (directory / MANIFEST).read_bytes()
+    except OSError as exc:
+        raise VerificationError(f"cached slot {directory.name}: no manifest ({exc.strerror})") from None
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != expected_manifest_sha256:
+        raise VerificationError(f"cached slot {directory.name}: manifest sha256 {actual[:12]} != recorded "
+                                f"{expected_manifest_sha256[:12]}")
+    manifest = _parse_manifest(raw, directory.name)
+    for name, meta in _listed_objects(manifest, directory.name).items():
+        path = directory / name
+        if not path.is_file() or sha256_file(path) != meta["sha256"]:
+            raise VerificationError(f"cached slot {directory.name}: {name} missing or sha256 mismatch")
+    return manifest
 
 
 def _parse_active(raw: bytes, etag: str) -> Active:

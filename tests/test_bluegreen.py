@@ -154,7 +154,7 @@ def test_rollback_refuses_without_a_verified_other_slot(settings, models):
 
 def test_low_recall_index_is_refused_and_nothing_uploaded(settings, models):
     store = BlueGreenStore.from_settings(settings)
-    strict = settings.model_copy(update={"n_trees": 1, "search_k": 10, "min_ann_recall": 0.999})
+    strict = settings.with_overrides(n_trees=1, search_k=10, min_ann_recall=0.999)
     with pytest.raises(IndexRejected) as info:
         publish_model(models["v1"], strict, store)
     assert info.value.result["pushed"] is False and info.value.result["ann_recall"] < 0.999

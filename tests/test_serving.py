@@ -61,10 +61,17 @@ def test_ann_recall_is_measured_on_held_out_timelines_and_high(built, ann):
     model, index = built
     assert index.report["timeline_source"] == "eval_timelines.json"
     assert index.recall >= 0.95, index.report
-    # Re-measure independently: the recorded figure is what the index really does.
-    exact = Recommender(model.item_ids, model.V, model.b, model.counts)
-    again = measure_recall(ann, exact, model.eval_timelines)
-    assert again["recall"] == pytest.approx(index.recall, abs=1e-9)
+    # Re-measure independently of measure_recall: the export's own exact ranking against what the
+    # served index returns, so the recorded figure is what the index really does.
+    recalls = []
+    for timeline in model.eval_timelines:
+        if not model.known_positions(timeline):
+            continue  # popularity answers are not the index's
+        want, _ = model.exact_topk(timeline, 100)
+        got = ann.recommend(timeline, 100).ids
+        recalls.append(len(set(want) & set(got)) / len(want))
+    assert len(recalls) >= 30
+    assert float(np.mean(recalls)) == pytest.approx(index.recall, abs=0.01)
 
 
 def test_small_k_requests_use_a_validated_cheaper_search_k(built, ann):
@@ -185,9 +192,10 @@ def test_routes_methods_and_readiness(ann):
     assert len(body["ids"]) == 3 == len(body["scores"])
     svc.swap(LoadedModel(ann, "v2", "green", "sha2", Path(".")))
     metrics = svc.handle("GET", "/metrics", b"")[2].decode()
+    assert "led_model_stale 0.0" in metrics and "led_workers_ready 1.0" in metrics
     assert 'led_model_info{model_version="v2",slot="green"} 1' in metrics
     assert "led_model_swaps_total 1" in metrics
-    assert 'led_requests_total{endpoint="/recommend",code="200"} 1' in metrics
+    assert 'led_requests_total{code="200",endpoint="/recommend"} 1' in metrics
     assert 'led_request_duration_seconds_bucket{endpoint="/recommend",le="+Inf"}' in metrics
     assert "led_unknown_items_total 1" in metrics
 
@@ -276,47 +284,107 @@ def test_http_10k_random_payloads_never_5xx(server):
     assert code == 200 and len(body["ids"]) == 3
 
 
-def test_http_protocol_abuse_gets_4xx_and_server_survives(server):
-    cases = [
-        (b"GARBAGE\r\n\r\n", 400),
-        (b"POST /recommend HTTP/1.1\r\nContent-Length: -4\r\n\r\n", 400),
-        (b"POST /recommend HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
-        (b"POST /recommend HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
-        (b"POST /recommend HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411),
-        (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
-        (b"GET /healthz HTTP/1.1\r\nbad header line\r\n\r\n", 400),
-    ]
-    for raw, status in cases:
-        with socket.create_connection(("127.0.0.1", server), timeout=5) as sock:
-            sock.sendall(raw)
-            reply = sock.recv(65536).decode("latin-1")
-        assert reply.startswith(f"HTTP/1.1 {status} "), (raw[:60], reply[:100])
-    # Pipelined keep-alive requests on one connection are all answered, in order.
-    body = b'{"items": ["item1"], "k": 2}'
-    req = b"POST /recommend HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    with socket.create_connection(("127.0.0.1", server), timeout=5) as sock:
-        sock.sendall(req * 3 + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+def _exchange(port: int, raw: bytes, wait: float = 2.0) -> tuple[bytes, bool]:
+    """Send raw bytes; return (everything received, whether the server closed the connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(raw)
         data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    assert data.count(b"HTTP/1.1 200 OK") == 4
-    # Expect: 100-continue (curl's default for bodies > 1 KiB) gets an interim 100, then the answer.
-    with socket.create_connection(("127.0.0.1", server), timeout=5) as sock:
-        sock.sendall(b"POST /recommend HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
-        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
-        sock.sendall(body)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except socket.timeout:
+            return data, False
+    return data, True
+
+
+def _status(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: -4\r\n\r\n", 400),
+    (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
+    # RFC 9112 6.3: differing Content-Length values are unrecoverable -> 400 and close (was: last one won)
+    (b'POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n{"k":1}', 400),
+    # RFC 9112 6.1: Transfer-Encoding with Content-Length is a smuggling attempt -> 400 and close
+    (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n", 400),
+])
+def test_http_protocol_errors_get_4xx_and_close(server, raw, status):
+    reply, closed = _exchange(server, raw)
+    assert _status(reply) == status, (raw[:80], reply[:200])
+    assert b"\r\ndate: " in reply.lower() and closed, reply[:200]
     assert _get(server, "/readyz")[0] == 200
 
 
-def test_stdlib_transport_answers_the_same(model_dir, tmp_path, server):
-    proc, port = _start_server(model_dir, tmp_path, "--http", "stdlib")
+def test_http_semantics_follow_rfc_9110_and_9112(server):
+    # Every response carries Date (RFC 9110 6.6.1); a 405 lists the allowed methods (15.5.6).
+    reply, _ = _exchange(server, b"GET /recommend HTTP/1.1\r\nHost: x\r\n\r\n", wait=0.5)
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    assert _status(reply) == 405 and b"\r\nallow: post" in head and b"\r\ndate: " in head
+    reply, _ = _exchange(server, b"DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait=0.5)
+    assert _status(reply) == 405 and b"\r\nallow: get, head" in reply.lower()
+    # HTTP/1.0 without keep-alive: answered, then closed, and the reply says so (RFC 9112 9.3).
+    reply, closed = _exchange(server, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert _status(reply) == 200 and closed and b"\r\nconnection: close" in reply.lower()
+    # HTTP/1.0 asking for keep-alive: whatever the server does, its reply must say it.
+    reply, closed = _exchange(server, b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    said_close = b"\r\nconnection: close" in reply.lower()
+    assert _status(reply) == 200 and closed == said_close
+    # HEAD: the GET headers, no body.
+    reply, _ = _exchange(server, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait=0.5)
+    assert _status(reply) == 200 and reply.endswith(b"\r\n\r\n")
+    # A chunked request body is decoded (RFC 9112 7.1).
+    body = b'{"items": ["item1"], "k": 2}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    reply, _ = _exchange(server, b"POST /recommend HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + chunked, wait=0.5)
+    assert _status(reply) == 200 and len(json.loads(reply.split(b"\r\n\r\n", 1)[1])["ids"]) == 2
+    # Pipelined keep-alive requests on one connection are all answered, in order.
+    req = b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    data, closed = _exchange(server, req * 3 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.count(b"HTTP/1.1 200 OK") == 4 and closed and data.rstrip().endswith(b'{"status":"ok"}')
+    # Expect: 100-continue (curl's default for bodies > 1 KiB) gets an interim 100, then the answer.
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as sock:
+        sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+                     % len(body))
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_other_transports_answer_the_same(model_dir, tmp_path, server):
+    """gunicorn's own ASGI worker (``--http gunicorn-asgi``) and the old hand-written transport kept as the
+    benchmark baseline return the same bytes for the same request."""
+    request = {"items": ["item1", "item7", "nope"], "k": 5, "exclude": ["item3"]}
+    expected = post_recommend(server, request)
+    proc, port = _start_server(model_dir, tmp_path, "--http", "gunicorn-asgi")
     try:
-        request = {"items": ["item1", "item7", "nope"], "k": 5}
-        assert post_recommend(port, request) == post_recommend(server, request)
+        assert post_recommend(port, request) == expected
         assert post_recommend(port, {"items": [], "k": 0})[0] == 422
     finally:
         _stop(proc)
+    code = f"""
+import json, socket, sys
+from pathlib import Path
+from serving.app import Limits, Service, load_slot_dir
+from serving.legacy_http import bind, run_asyncio
+sock = bind("127.0.0.1", 0)
+print(sock.getsockname()[1], flush=True)
+svc = Service(Limits()); svc.swap(load_slot_dir(Path(sys.argv[1]), "local", "local"))
+run_asyncio(svc, sock)
+"""
+    slot = tmp_path / "home" / "work" / "serving-cache" / "local"
+    legacy = subprocess.Popen([sys.executable, "-c", code, str(slot)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(legacy.stdout.readline())
+        assert post_recommend(port, request) == expected
+    finally:
+        _stop(legacy)
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -335,7 +403,7 @@ FORBIDDEN = ("tensorflow", "keras", "pyspark", "mlflow", "prefect", "torch", "gr
 
 def test_serving_process_never_imports_heavy_frameworks(model_dir):
     """What a fresh ``led serve`` process imports: the CLI (all subcommands registered), settings,
-    boto3 client, the service, a loaded model and one answered request."""
+    boto3 client, gunicorn + uvicorn, the service, a loaded model, one answered request and a metrics scrape."""
     code = f"""
 import sys
 from pathlib import Path
@@ -344,10 +412,13 @@ build_parser()
 from infra.settings import get_settings
 from serving.app import Limits, Service, load_slot_dir, prepare_local_model, run_server
 from serving.storage import make_client
+from serving.server import _gunicorn_classes
+_gunicorn_classes()  # gunicorn arbiter + uvicorn worker classes, as `led serve` builds them
 make_client(get_settings())
 d = prepare_local_model(Path({str(model_dir)!r}), Path(sys.argv[1]), get_settings())
 svc = Service(Limits()); svc.swap(load_slot_dir(d, "local", "local"))
 assert svc.handle("POST", "/recommend", b'{{"items": ["item1"]}}')[0] == 200
+assert svc.handle("GET", "/metrics", b"")[0] == 200
 bad = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})
 print(",".join(bad))
 """
