@@ -13,11 +13,17 @@ from pathlib import Path
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from infra.settings import Settings
+from infra.settings import Settings, get_settings
 
 # Cache on the stage's explicit inputs (plan, config, upstream outputs) and its code, not on
 # the whole settings object: an unrelated knob (n_trees, ports) must not invalidate a cached SVD.
 STAGE_CACHE = (INPUTS - "settings") + TASK_SOURCE
+
+
+def stage_timeout(stage: str) -> float:
+    """The stage's ``timeout_seconds`` (``LED_<STAGE>_TIMEOUT_SECONDS``), read when the task is defined:
+    a hung Spark or TensorFlow job then fails its stage (and the run) instead of hanging the day."""
+    return getattr(get_settings(), f"{stage}_timeout_seconds")
 
 
 def run_dir(settings: Settings, run_date: str) -> Path:

@@ -8,10 +8,11 @@ from prefect import task
 from infra.settings import Settings
 from models.pipeline import Pretrained, WindowPlan, pretrain_stage
 from models.pretrain import PretrainConfig
-from tasks.common import STAGE_CACHE
+from tasks.common import STAGE_CACHE, stage_timeout
 
 
-@task(name="pretrain", cache_policy=STAGE_CACHE, cache_expiration=timedelta(days=7), persist_result=True)
+@task(name="pretrain", cache_policy=STAGE_CACHE, cache_expiration=timedelta(days=7), persist_result=True,
+      timeout_seconds=stage_timeout("pretrain"))
 def pretrain_embeddings(settings: Settings, plan: WindowPlan, config: PretrainConfig) -> Pretrained:
     """Embeddings of the training days' views of vocabulary items (the cache holds the record, not the arrays)."""
     return pretrain_stage(settings, plan, config)

@@ -10,9 +10,11 @@ from infra.registry import RunInfo
 from infra.settings import Settings
 from models.pipeline import Pretrained, Trained, WindowPlan
 from models.registration import find_registered, register_export
+from tasks.common import stage_timeout
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      timeout_seconds=stage_timeout("register"))
 def register_model(settings: Settings, plan: WindowPlan, trained: Trained, pretrained: Pretrained,
                    validation_docs: str | None, timings: dict) -> RunInfo:
     """A rerun of a date whose model is byte-identical keeps its version (``reused``).

@@ -10,6 +10,7 @@ from infra.settings import Settings
 from models.gate import GateDecision
 from models.pipeline import Pretrained, Trained, WindowPlan
 from serving.publish import SlotBuild
+from tasks.common import stage_timeout
 
 METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20")
 
@@ -34,7 +35,7 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-@task(name="report", cache_policy=NO_CACHE)
+@task(name="report", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("report"))
 def publish_report(settings: Settings, plan: WindowPlan, validation: dict, pretrained: Pretrained,
                    trained: Trained, registered: RunInfo, slot: SlotBuild, decision: GateDecision,
                    pushed: dict | None, timings: dict) -> str:
