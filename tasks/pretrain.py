@@ -6,6 +6,7 @@ from datetime import timedelta
 from prefect import task
 
 from infra.settings import Settings
+from infra.spark import stage_progress
 from models.pipeline import Pretrained, WindowPlan, pretrain_stage
 from models.pretrain import PretrainConfig
 from tasks.common import STAGE_CACHE, stage_timeout
@@ -15,4 +16,5 @@ from tasks.common import STAGE_CACHE, stage_timeout
       timeout_seconds=stage_timeout("pretrain"))
 def pretrain_embeddings(settings: Settings, plan: WindowPlan, config: PretrainConfig) -> Pretrained:
     """Embeddings of the training days' views of vocabulary items (the cache holds the record, not the arrays)."""
-    return pretrain_stage(settings, plan, config)
+    with stage_progress():  # one log line per Spark stage with its elapsed time
+        return pretrain_stage(settings, plan, config)

@@ -6,7 +6,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.registry import RunInfo
+from infra.registry import DatasetRef, RunInfo
 from infra.settings import Settings
 from models.pipeline import Pretrained, Trained, WindowPlan
 from models.registration import find_registered, register_export
@@ -30,4 +30,6 @@ def register_model(settings: Settings, plan: WindowPlan, trained: Trained, pretr
     metrics = dict(trained.metrics) | {"explained_variance": pretrained.explained_variance}
     return register_export(settings, Path(trained.model_dir), plan.run_date, params=params, metrics=metrics,
                            history=list(trained.history), timings=timings,
-                           artifacts=[Path(validation_docs).parent] if validation_docs else [])
+                           artifacts=[Path(validation_docs).parent] if validation_docs else [],
+                           dataset=DatasetRef(f"events [{plan.start}, {plan.run_date})", plan.fingerprint,
+                                              plan.events_dir))
