@@ -511,6 +511,14 @@ def move_champion(client: "MlflowClient", name: str, version: str, old: str | No
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
+def version_model_id(mv) -> str | None:
+    """The id of a version's logged model (MLflow 3): its ``model_id``, else its ``models:/m-...`` source."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
 def record_decision(client: "MlflowClient", name: str, version: str, run_id: str | None,
                     tags: dict[str, str], metrics: dict[str, float]) -> None:
     """Decision tags on the version and its run, the decision as the version's description (what the
@@ -527,7 +535,7 @@ def record_decision(client: "MlflowClient", name: str, version: str, run_id: str
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        model_id = getattr(mv, "model_id", None)
+        model_id = version_model_id(mv)
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=model_id)
                                           for k, v in finite_numbers(metrics).items()])
 

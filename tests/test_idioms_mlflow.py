@@ -51,7 +51,7 @@ def test_dataset_model_metrics_description_kind_and_chart(settings, tmp_path):
     assert [t.value for t in used.tags if t.key == "mlflow.data.context"] == ["training"]
 
     version = client.get_model_version(settings.mlflow_model_name, infos[-1].model_version)
-    logged = client.get_logged_model(version.model_id)
+    logged = client.get_logged_model(registry.version_model_id(version))
     linked = {m.key: m.value for m in logged.metrics}
     assert linked["ndcg_at_100"] == pytest.approx(0.21)
     assert linked["popularity_ndcg_at_100"] == pytest.approx(0.11) and linked["catalog_size"] == 40
@@ -72,5 +72,5 @@ def test_dataset_model_metrics_description_kind_and_chart(settings, tmp_path):
     version = client.get_model_version(settings.mlflow_model_name, infos[-1].model_version)
     assert version.description.startswith("promoted: " if decision.promoted else "rejected: ")
     assert decision.reasons[0] in version.description
-    gate_metrics = {m.key for m in client.get_logged_model(version.model_id).metrics}
+    gate_metrics = {m.key for m in client.get_logged_model(registry.version_model_id(version)).metrics}
     assert "gate/ndcg_at_100" in gate_metrics

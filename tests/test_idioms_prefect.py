@@ -5,11 +5,13 @@ one `led worker` executes the deployment's runs in subprocesses, as in productio
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -27,14 +29,26 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
 def led(*args: str, env: dict | None = None, timeout: float = 900) -> tuple[int, dict | None, str]:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=os.environ.copy() | (env or {}))
-    lines = proc.stdout.strip().splitlines()
+    """Run `led` in its own session, output to files (not pipes): whatever it leaves behind (e.g. a
+    Spark JVM whose launch a timeout interrupted) cannot hold the test, and is killed with the session."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], stdout=out, stderr=err,
+                                text=True, cwd=ROOT, env=os.environ.copy() | (env or {}), start_new_session=True)
+        try:
+            proc.wait(timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = stdout.strip().splitlines()
     try:
         last = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
         last = None
-    return proc.returncode, last, proc.stdout + proc.stderr
+    return proc.returncode, last, stdout + stderr
 
 
 def api(settings, path: str, body: dict | None = None, method: str = "POST"):
