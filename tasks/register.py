@@ -10,7 +10,7 @@ from infra.registry import DatasetRef, RunInfo
 from infra.settings import Settings
 from models.pipeline import Pretrained, Trained, WindowPlan
 from models.registration import find_registered, register_export
-from tasks.common import stage_timeout
+from tasks.common import local_trained, stage_timeout
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
@@ -22,6 +22,7 @@ def register_model(settings: Settings, plan: WindowPlan, trained: Trained, pretr
     ``validation_docs`` is the Data Docs' index page: its whole folder (sub-pages, assets,
     result.json) is logged, or the links in the page would be broken in MLflow.
     """
+    trained = local_trained(settings, trained)  # a cache hit may name another host's folder
     existing = find_registered(settings, Path(trained.model_dir), plan.run_date)
     if existing is not None:
         return existing
