@@ -19,7 +19,8 @@ import time
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.params import DataParams, FineTuneParams, GateParams, IndexParams, PretrainParams, settings_for_run
+from flows.params import (DataParams, FineTuneParams, GateParams, IndexParams, PretrainParams, RunDate,
+                          settings_for_run)
 from models.led import LedConfig
 from models.pretrain import PretrainConfig
 from tasks.finetune import fine_tune_led
@@ -54,7 +55,7 @@ class _Stopwatch(dict):
 
 @flow(name="led-daily", flow_run_name=_run_name, log_prints=True, validate_parameters=True)
 def daily(
-    run_date: dt.date | None = None,
+    run_date: RunDate = None,
     data: DataParams = DataParams(),
     pretrain: PretrainParams = PretrainParams(),
     fine_tune: FineTuneParams = FineTuneParams(),
