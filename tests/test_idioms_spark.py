@@ -39,3 +39,29 @@ def test_stage_progress_cancels_jobs_when_the_block_raises(spark):
         with stage_progress():
             raise KeyboardInterrupt  # what a timeout or Ctrl-C looks like from inside the block
     assert spark.range(10).count() == 10  # the session is still usable
+
+
+def test_spark_ui_switched_on_from_settings(tmp_path):
+    """In its own process (the session's Spark has the UI off): LED_SPARK_UI_ENABLED starts the UI on
+    LED_SPARK_UI_PORT, on 127.0.0.1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra.stack import free_port
+
+    port = free_port()
+    probe = ("import urllib.request; from infra.spark import get_spark; s = get_spark(); "
+             "ui = s.sparkContext.uiWebUrl; "
+             f"code = urllib.request.urlopen('http://127.0.0.1:{port}/jobs/', timeout=30).status; "
+             "s.stop(); print(ui, code)")
+    env = os.environ.copy() | {"LED_SPARK_UI_ENABLED": "true", "LED_SPARK_UI_PORT": str(port),
+                               "LED_SPARK_MASTER": "local[1]", "LED_SPARK_DRIVER_MEMORY": "1g",
+                               "LED_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    url, status = done.stdout.split()[-2:]
+    assert status == "200" and url.endswith(f":{port}"), done.stdout
+    assert "127.0.0.1" in url or "localhost" in url, url
