@@ -110,7 +110,9 @@ def _ensure_bucket(s3, bucket: str) -> None:
 # --------------------------------------------------------------------------- alerts
 def ensure_alerts(settings: Settings, deployment_id: "UUID") -> list[str]:
     """The notification block and the two automations on ``deployment_id`` (replaced if they exist);
-    returns the automations' names, none when ``notify_webhook_url`` is empty."""
+    returns the automations' names. With ``notify_webhook_url`` empty, earlier ones are removed."""
+    for name in (FAILED_AUTOMATION, LATE_AUTOMATION):
+        _delete_automations(name)
     if not settings.notify_webhook_url:
         return []
     from prefect.automations import Automation
@@ -132,7 +134,6 @@ def ensure_alerts(settings: Settings, deployment_id: "UUID") -> list[str]:
                         within=timedelta(seconds=settings.late_after_seconds))
     made = []
     for name, trigger in ((FAILED_AUTOMATION, failed), (LATE_AUTOMATION, late)):
-        _delete_automations(name)
         Automation(name=name, description="created by `led deploy`", trigger=trigger, actions=[notify]).create()
         made.append(name)
     return made

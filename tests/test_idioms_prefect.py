@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,6 +179,11 @@ def test_overlapping_runs_are_serialised_and_champion_ends_consistent(local_stac
     assert second["start_time"] >= first["end_time"], (first["end_time"], second["start_time"])
     waited = [r for r in runs if "AwaitingConcurrencySlot" in state_names(local_stack, r["id"])]
     assert waited, [state_names(local_stack, r["id"]) for r in runs]
+
+    # Spark's stage progress reached the flow run's logs (the `led` logger), one line per stage
+    logs = api(local_stack, "/logs/filter", {"logs": {"flow_run_id": {"any_": [first["id"]]}}, "limit": 200})
+    stages = [log["message"] for log in logs if log["message"].startswith("spark stage ")]
+    assert stages and all(re.search(r" in \d+\.\d s$", m) for m in stages), [log["message"] for log in logs]
 
     client = MlflowClient(tracking_uri=local_stack.mlflow_tracking_uri)
     model = client.get_registered_model(local_stack.mlflow_model_name)
