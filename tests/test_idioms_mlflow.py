@@ -36,7 +36,7 @@ def settings(local_stack):
 def test_dataset_model_metrics_description_kind_and_chart(settings, tmp_path):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     infos = []
     for k, day in enumerate(("2026-03-01", "2026-03-02")):
         model_dir = tiny_export(tmp_path / day, k, day, popularity_ndcg=0.1 + k / 100)

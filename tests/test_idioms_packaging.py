@@ -3,6 +3,7 @@ training stack (no TensorFlow, Spark, MLflow or Prefect installed, let alone imp
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -36,11 +37,15 @@ def test_dependencies_are_declared_and_the_pins_stay_in_the_lock():
 
 @pytest.mark.slow
 def test_serve_extra_in_a_fresh_venv(tmp_path):
+    # a copy of the sources: pip builds in the tree (build/, *.egg-info) and must not write the worktree
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", ".led", "__pycache__", "benchmarks", "tests", ".pytest_cache"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
     install = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              f"{ROOT}[serve]"], capture_output=True, text=True, timeout=1500)
+                              f"{source}[serve]"], capture_output=True, text=True, timeout=1500)
     assert install.returncode == 0, install.stderr[-3000:]
     helped = subprocess.run([str(venv / "bin" / "led"), "serve", "--help"], capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)

@@ -185,7 +185,8 @@ def test_overlapping_runs_are_serialised_and_champion_ends_consistent(local_stac
     stages = [log["message"] for log in logs if log["message"].startswith("spark stage ")]
     assert stages and all(re.search(r" in \d+\.\d s$", m) for m in stages), [log["message"] for log in logs]
 
-    client = MlflowClient(tracking_uri=local_stack.mlflow_tracking_uri)
+    uri = local_stack.mlflow_tracking_uri  # both URIs: an earlier test may have moved the global registry URI
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     model = client.get_registered_model(local_stack.mlflow_model_name)
     champion = model.aliases["champion"]
     assert client.get_model_version(model.name, champion).tags["gate.decision"] == "promoted"
