@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow,
 
 def chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--window-size=1400,2400", "--virtual-time-budget=60000", *args],
+                           "--window-size=1400,2400", "--force-prefers-reduced-motion",
+                           "--run-all-compositor-stages-before-draw", "--virtual-time-budget=30000", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
