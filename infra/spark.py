@@ -63,6 +63,9 @@ def get_spark(settings: Settings | None = None, app_name: str = "led"):
 
 
 PROGRESS_LOG = logging.getLogger("led.spark")
+# Prefect gives its extra loggers (PREFECT_LOGGING_EXTRA_LOGGERS=led) its handlers but not a level:
+# left NOTSET they inherit the root's WARNING and the INFO progress lines would be dropped.
+PROGRESS_LOG.setLevel(logging.INFO)
 POLL_SECONDS = 0.5
 
 
