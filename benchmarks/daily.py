@@ -11,6 +11,9 @@ events at most 2.2x the time (half → full is the doubling measured).
 
     .venv/bin/python benchmarks/daily.py                              # small, quarter, half, full
     .venv/bin/python benchmarks/daily.py --scales small,quarter       # quicker
+    .venv/bin/python benchmarks/daily.py --plot-from benchmarks/results/daily.json   # redraw only
+
+Every run also draws ``results/daily_stages.png``: seconds per stage (stacked) per scale.
 """
 from __future__ import annotations
 
@@ -45,7 +48,11 @@ def main() -> None:
     ap.add_argument("--scales", default="small,quarter,half,full")
     ap.add_argument("--window", type=int, default=37, help="window days (37 days ~ 10M views at full scale)")
     ap.add_argument("--param", action="append", default=[], help="flow parameter override NAME=VALUE")
+    ap.add_argument("--plot-from", type=Path, help="only redraw the plot from a results JSON (newest row per scale)")
     args = ap.parse_args()
+    if args.plot_from:
+        print(plot_stages(rows_from(json.loads(args.plot_from.read_text())), PLOT))
+        return
     home = Path(tempfile.mkdtemp(prefix="led-bench-daily-"))
     env = os.environ.copy() | {"LED_HOME": str(home), "LED_MOTO_PORT": str(free_port()),
                                "LED_MLFLOW_PORT": str(free_port()), "LED_PREFECT_PORT": str(free_port()),
@@ -84,7 +91,54 @@ def main() -> None:
         print(f"full scale end to end: {result['full_minutes']} min (target <= 20)")
     out = ROOT / "benchmarks" / "results" / "daily.json"
     out.write_text(json.dumps(result, indent=2))
+    print(f"plot: {plot_stages(rows, PLOT)}")
     print(json.dumps(result))
+
+
+PLOT = ROOT / "benchmarks" / "results" / "daily_stages.png"
+
+
+def rows_from(result) -> list[dict]:
+    """Every ``rows`` list in a results JSON (also nested, e.g. a first run and a re-run), the last row
+    of each scale winning, in scale order."""
+    found: dict[str, dict] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for row in node.get("rows", []):
+                found[row["scale"]] = row
+            for value in node.values():
+                if isinstance(value, dict):
+                    walk(value)
+
+    walk(result)
+    return [found[s] for s in SCALES if s in found]
+
+
+def plot_stages(rows: list[dict], out: Path) -> Path:
+    """Seconds per stage, stacked, one bar per scale (labelled with its window's views)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['scale']}\n{r['window_views'] / 1e6:.2f} M views" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bottom = [0.0] * len(rows)
+    for k, stage in enumerate(STAGES):
+        heights = [float(r.get(stage) or 0.0) for r in rows]
+        ax.bar(labels, heights, bottom=bottom, label=stage, color=f"C{k}")
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    for x, total in enumerate(bottom):
+        ax.text(x, total, f"{total:.0f} s", ha="center", va="bottom", fontsize=8)  # stage sum, not wall
+    ax.set_ylabel("seconds")
+    ax.set_title("one daily run: seconds per stage per scale")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def print_table(rows: list[dict]) -> None:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.params import DataParams, FineTuneParams, GateParams, IndexParams, PretrainParams, settings_for_run
+from flows.params import (DataParams, FineTuneParams, GateParams, IndexParams, PretrainParams, RunDate,
+                          settings_for_run)
 from infra.registry import RunInfo
 from models.gate import GateDecision
 from models.led import LedConfig
@@ -63,7 +64,7 @@ class _Stopwatch(dict):
 
 @flow(name="led-daily", flow_run_name=_run_name, log_prints=True, validate_parameters=True)
 def daily(
-    run_date: dt.date | None = None,
+    run_date: RunDate = None,
     data: DataParams = DataParams(),
     pretrain: PretrainParams = PretrainParams(),
     fine_tune: FineTuneParams = FineTuneParams(),

@@ -9,9 +9,12 @@ filled in. :func:`settings_for_run` applies the filled ones through
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import datetime as dt
+import types
+from typing import Any, Union, get_args
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model, model_serializer
+from pydantic.json_schema import SkipJsonSchema
 
 from infra.errors import UserError
 from infra.settings import Settings, get_settings
@@ -28,15 +31,39 @@ GROUPS: dict[str, tuple[str, ...]] = {
 TITLES = {"data": "Data", "pretrain": "Pretrain", "fine_tune": "FineTune", "index": "Index", "gate": "Gate"}
 
 
+def optional(annotation: Any) -> Any:
+    """``T | None`` whose JSON schema is just ``T``: the Prefect UI then renders T's own input (a
+    number box, a select, a date picker; empty = not given) instead of a T/None union toggle."""
+    args = get_args(annotation) if isinstance(annotation, types.UnionType) or \
+        getattr(annotation, "__origin__", None) is Union else (annotation,)
+    present = tuple(a for a in args if a is not type(None))
+    return Union[(Union[present] if len(present) > 1 else present[0]), SkipJsonSchema[None]]
+
+
+def _no_default(schema: dict) -> None:
+    schema.pop("default", None)  # a null default would prefill the form with "None"
+
+
+class _Group(BaseModel):
+    @model_serializer(mode="wrap")
+    def _filled_only(self, handler):
+        """Dump only the filled-in knobs, so the form's group defaults are empty, not nulls."""
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+RunDate = optional(dt.date)
+
+
 def _group(name: str) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for knob in GROUPS[name]:
         info = Settings.model_fields[knob]
         default = info.default if info.default is not None else "derived from home"
-        fields[knob] = (Optional[info.annotation], Field(
-            None, description=f"{info.description or knob} Empty: LED_{knob.upper()} or {default!r}."))
+        fields[knob] = (optional(info.annotation), Field(
+            None, description=f"{info.description or knob} Empty: LED_{knob.upper()} or {default!r}.",
+            json_schema_extra=_no_default))
     return create_model(f"{TITLES[name]}Params", __doc__=f"{TITLES[name]} stage knobs (empty = settings).",
-                        **fields)
+                        __base__=_Group, **fields)
 
 
 DataParams = _group("data")

@@ -50,6 +50,7 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 RUN_DATE_TAG = "run_date"
 MODEL_SHA_TAG = "model_sha256"
 GATE_METRIC = "ndcg_at_100"
+DECISION_TAG, REASONS_TAG = "gate.decision", "gate.reasons"
 FINAL_METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20")
 HEALTH_ATTEMPTS, HEALTH_TIMEOUT_S, HEALTH_PAUSE_S = 3, 3.0, 1.0
 # MLflow's HTTP client defaults: 7 retries with back-off factor 2 (minutes of waiting) and a 120 s timeout.
@@ -60,6 +61,11 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 MAX_PARAM_CHARS = 6000
+# MLflow 3's UI opens an experiment without this tag in the GenAI overview; this kind opens the
+# training-runs view (the value is the UI's own enum, "custom_model_development").
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+TREND_DAYS = 30
+TREND_CHART = "plots/daily_metrics.png"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,15 @@ class RunInfo:
     model_uri: str
     experiment_id: str
     reused: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """The data a run trained on, logged with ``mlflow.log_input`` (the digest is the caller's fingerprint)."""
+
+    name: str
+    digest: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -146,11 +161,14 @@ def ensure_experiment(settings: "Settings", client: "MlflowClient") -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {name!r} is deleted; restore it or set LED_MLFLOW_EXPERIMENT")
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return exp.experiment_id
     db = _sqlite_path(settings.mlflow_tracking_uri.strip())
     location = (db.parent / "mlartifacts").as_uri() if db is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -300,6 +318,56 @@ def training_curve_png(history: Sequence[dict[str, Any]], out: Path) -> Path | N
 
 
 
+def trend_rows(client: "MlflowClient", experiment_id: str, keys: Sequence[str],
+               last: int = TREND_DAYS) -> list[tuple[str, dict[str, float]]]:
+    """(run date, metrics) of the newest run per run date that has any of ``keys``, the last ``last``
+    dates in date order (a rerun or refit of a date replaces its point)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{RUN_DATE_TAG} != ''",
+                              order_by=["attributes.start_time DESC"], max_results=2000)
+    newest: dict[str, dict[str, float]] = {}
+    for run in runs:
+        day = run.data.tags.get(RUN_DATE_TAG)
+        values = {k: run.data.metrics[k] for k in keys if k in run.data.metrics}
+        if day and values and day not in newest:
+            newest[day] = values
+    return sorted(newest.items())[-last:]
+
+
+def trend_png(client: "MlflowClient", experiment_id: str, keys: list[str], out: Path) -> Path | None:
+    """``keys`` over the last run dates: [0, 1] metrics on the left axis, counts (e.g. a catalog size)
+    on the right one; None when no run has them yet."""
+    rows = trend_rows(client, experiment_id, keys)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = [day for day, _ in rows]
+    ratios = [k for k in keys if all(0 <= v.get(k, 0) <= 1 for _, v in rows)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colors = iter(f"C{i}" for i in range(100))
+    for k in ratios:
+        ax.plot(days, [v.get(k, math.nan) for _, v in rows], marker="o", label=k, color=next(colors))
+    ax.set_ylabel(" / ".join(ratios))
+    ax.legend(loc="upper left", fontsize=8)
+    if counts := [k for k in keys if k not in ratios]:
+        ax2 = ax.twinx()
+        for k in counts:
+            ax2.plot(days, [v.get(k, math.nan) for _, v in rows], marker="s", ls="--", label=k,
+                     color=next(colors))
+        ax2.set_ylabel(" / ".join(counts))
+        ax2.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("run date")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    ax.set_title(f"last {len(days)} run date(s)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def _log_files(model_dir: Path, reports: list[Path], history: list[dict[str, Any]], tmp: Path) -> None:
     """Exported arrays + card under ``exported/``, reports under ``reports/``, curve under ``plots/``."""
     import mlflow
@@ -319,8 +387,25 @@ def _log_files(model_dir: Path, reports: list[Path], history: list[dict[str, Any
 
 
 
-def _log_pyfunc(model: PyfuncModel, registered_name: str) -> str:
-    """Log the pyfunc model in the active run and register it; returns the new version."""
+def _log_dataset(dataset: DatasetRef | None):
+    """``mlflow.log_input`` of the training data (context ``training``); the logged dataset or None."""
+    if dataset is None:
+        return None
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    # MLflow stores at most 36 characters of a digest: a prefix of a sha256 still identifies the data
+    with warnings.catch_warnings():  # a local folder matches two equivalent source types
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(dataset.source)
+    data = MetaDataset(source=source, name=dataset.name, digest=dataset.digest[:36])
+    mlflow.log_input(data, context="training")
+    return data
+
+
+def _log_pyfunc(model: PyfuncModel, registered_name: str) -> tuple[str, str]:
+    """Log the pyfunc model in the active run and register it; returns (new version, logged model id)."""
     import mlflow
 
     with warnings.catch_warnings():  # input-example advice: the explicit signature is the contract
@@ -330,15 +415,18 @@ def _log_pyfunc(model: PyfuncModel, registered_name: str) -> str:
             artifacts=model.artifacts, signature=model.signature,
             registered_model_name=registered_name, pip_requirements=list(model.pip_requirements),
         )
-    return str(info.registered_model_version)
+    return str(info.registered_model_version), info.model_id
 
 
 def log_run(settings: "Settings", run_date: str, model_dir: Path, pyfunc: PyfuncModel, *,
             params: dict[str, Any], metrics: dict[str, float], history: Sequence[dict[str, Any]],
-            timings: dict[str, float], artifacts: Iterable[Path], version_tags: dict[str, str]) -> RunInfo:
-    """One MLflow run: params, final metrics, per-epoch history, timings, the exported folder under
-    ``exported/``, reports under ``reports/``, the curve under ``plots/``, the registered pyfunc
-    (alias ``challenger``) and ``version_tags`` on the new version."""
+            timings: dict[str, float], artifacts: Iterable[Path], version_tags: dict[str, str],
+            dataset: DatasetRef | None = None, trend_metrics: Sequence[str] = ()) -> RunInfo:
+    """One MLflow run: params, the training dataset (``log_input``), per-epoch history, timings, the
+    exported folder under ``exported/``, reports under ``reports/``, the curve under ``plots/``, the
+    registered pyfunc (alias ``challenger``), then the final metrics linked to the logged model (and
+    the dataset), ``version_tags`` on the new version, and the chart of ``trend_metrics`` over the
+    last run dates (``plots/daily_metrics.png``)."""
     import mlflow
 
     extra = [Path(p) for p in artifacts]
@@ -357,15 +445,20 @@ def log_run(settings: "Settings", run_date: str, model_dir: Path, pyfunc: Pyfunc
             tags["mlflow.source.git.commit"] = commit
         mlflow.set_tags(tags)
         _log_params(params | {"git_commit": commit})
-        if metrics:
-            mlflow.log_metrics(finite_numbers(metrics))
+        data = _log_dataset(dataset)
         if timings:
             mlflow.log_metrics({f"seconds/{metric_name(k)}": v for k, v in finite_numbers(timings).items()})
         _log_history(history)
         _log_files(model_dir, extra, list(history), Path(tmp))
-        version = _log_pyfunc(pyfunc, name)
+        version, model_id = _log_pyfunc(pyfunc, name)
+        if metrics:  # after the model: MLflow 3's logged-model views show metrics carrying its model_id
+            mlflow.log_metrics(finite_numbers(metrics), model_id=model_id, dataset=data)
         mlflow.set_tag("model_version", version)
         run_id = run.info.run_id
+        if trend_metrics:
+            png = trend_png(client, experiment_id, list(trend_metrics), Path(tmp) / Path(TREND_CHART).name)
+            if png is not None:
+                mlflow.log_artifact(str(png), artifact_path=str(Path(TREND_CHART).parent))
     client.set_registered_model_alias(name, CHALLENGER, version)
     for key, value in ({RUN_DATE_TAG: run_date, "run_id": run_id, "git_commit": commit or "unknown"}
                        | version_tags).items():
@@ -418,18 +511,33 @@ def move_champion(client: "MlflowClient", name: str, version: str, old: str | No
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
+def version_model_id(mv) -> str | None:
+    """The id of a version's logged model (MLflow 3): its ``model_id``, else its ``models:/m-...`` source."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
 def record_decision(client: "MlflowClient", name: str, version: str, run_id: str | None,
                     tags: dict[str, str], metrics: dict[str, float]) -> None:
-    """Decision tags on the version and its run; decision figures as run metrics."""
+    """Decision tags on the version and its run, the decision as the version's description (what the
+    registry UI shows first); decision figures as run metrics linked to the version's logged model."""
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
         if run_id:
             client.set_tag(run_id, key, value)
+    mv = client.get_model_version(name, version)
+    if DECISION_TAG in tags:
+        reasons = tags.get(REASONS_TAG, "").replace(" | ", "; ")
+        client.update_model_version(name, version, description=f"{tags[DECISION_TAG]}: {reasons}"[:5000])
     if run_id and metrics:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite_numbers(metrics).items()])
+        model_id = version_model_id(mv)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=model_id)
+                                          for k, v in finite_numbers(metrics).items()])
 
 
 def get_version(client: "MlflowClient", name: str, version: str):
@@ -449,7 +557,7 @@ def promote(settings: "Settings", version: str | int, reason: str, model_name: s
     mv = get_version(client, name, str(version))
     move_champion(client, name, str(version), champion_version(client, name))
     record_decision(client, name, str(version), mv.run_id,
-                    {"gate.decision": "promoted-manually", "gate.reasons": reason}, {})
+                    {DECISION_TAG: "promoted-manually", REASONS_TAG: reason}, {})
 
 
 # --------------------------------------------------------------------------- comparison

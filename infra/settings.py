@@ -182,6 +182,43 @@ class Settings(BaseSettings):
     serve_max_exclude: int = Field(10_000, ge=0, description="most ids in a /recommend \"exclude\" list")
     serve_max_candidates: int = Field(10_000, ge=0, description="most ids in a /recommend \"candidates\" list")
 
+    # --- operations: Prefect timeouts, notifications, result storage; Spark UI -----------------
+    # A hung Spark or TensorFlow job must fail its stage, not hang the day: each stage task has a
+    # timeout (Prefect's timeout_seconds), read when the task module is imported (the worker
+    # imports the flow afresh for every run, so LED_* changes apply to the next run).
+    validate_timeout_seconds: float = Field(1800, gt=0, description="Validation stage timeout.")
+    vocabulary_timeout_seconds: float = Field(900, gt=0, description="Vocabulary stage timeout.")
+    pretrain_timeout_seconds: float = Field(3600, gt=0, description="Pre-training (Spark) stage timeout.")
+    fine_tune_timeout_seconds: float = Field(7200, gt=0, description="Fine-tuning (TensorFlow) stage timeout.")
+    register_timeout_seconds: float = Field(1800, gt=0, description="MLflow registration stage timeout.")
+    index_timeout_seconds: float = Field(3600, gt=0, description="Annoy index stage timeout.")
+    gate_timeout_seconds: float = Field(1800, gt=0, description="Evaluate-and-gate stage timeout.")
+    push_timeout_seconds: float = Field(1800, gt=0, description="S3 push stage timeout.")
+    report_timeout_seconds: float = Field(300, gt=0, description="Report stage timeout.")
+    notify_webhook_url: str | None = Field(
+        None, description="`led deploy` creates a Prefect webhook notification block with this URL and an "
+        "automation that calls it when a daily run fails, crashes or is late; empty: no automation.")
+    late_after_seconds: float = Field(3600, gt=0, description="A scheduled run still not started this long "
+                                      "after its time is reported late.")
+    result_storage_url: str | None = Field(
+        None, description="Where Prefect persists task results (the stage caches): empty = WORK_DIR/prefect-"
+        "results on this machine; s3://BUCKET/PREFIX = an S3 bucket (endpoint and credentials as for "
+        "serving), so every worker host shares the caches.")
+    spark_ui_enabled: bool = Field(False, description="Start the Spark web UI (on spark_ui_port).")
+    spark_ui_port: int = Field(4040, ge=1, le=65535)
+
+    @field_validator("notify_webhook_url", "result_storage_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: Any) -> Any:
+        return v or None
+
+    @field_validator("result_storage_url")
+    @classmethod
+    def _s3_url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("s3://") and len(v) > len("s3://")):
+            raise ValueError("must be s3://BUCKET[/PREFIX] (or empty for the local work folder)")
+        return v
+
     @field_validator("s3_endpoint_url", mode="before")
     @classmethod
     def _blank_endpoint_is_aws(cls, v: Any) -> Any:

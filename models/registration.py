@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 MODELS_DIR = Path(__file__).resolve().parent
 # What the pyfunc imports at load time: numpy-only files, never TensorFlow.
 PYFUNC_CODE = ("__init__.py", "export.py", "scoring.py", "metrics.py", "pyfunc.py")
+# The daily chart (plots/daily_metrics.png): the model, the popularity baseline on the same clicks,
+# and the catalog it covers, over the last run dates.
+TREND_METRICS = ("ndcg_at_100", "popularity_ndcg_at_100", "catalog_size")
 
 
 def _load(model_dir: Path) -> ExportedModel:
@@ -54,14 +57,17 @@ def _pyfunc(model_dir: Path, tmp: Path) -> registry.PyfuncModel:
 def register_export(settings: "Settings", model_dir: Path, run_date: str | dt.date,
                     params: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                     history: Sequence[dict[str, Any]] | None = None, timings: dict[str, float] | None = None,
-                    artifacts: Iterable[Path] = (), tags: dict[str, str] | None = None) -> registry.RunInfo:
+                    artifacts: Iterable[Path] = (), tags: dict[str, str] | None = None,
+                    dataset: registry.DatasetRef | None = None) -> registry.RunInfo:
     """Log one training of ``model_dir`` as an MLflow run, register its pyfunc, alias it ``challenger``.
 
     ``params`` override what the model card says; ``metrics`` are final
     figures (``recall@20`` ...); ``history`` one dict per evaluation (``epoch``,
     ``loss``, ``val_ndcg@100`` ...), default the card's; ``timings`` seconds per
     stage; ``artifacts`` extra files or folders (the validation report) logged
-    under ``reports/``; ``tags`` extra version tags (e.g. ``refit_of``).
+    under ``reports/``; ``tags`` extra version tags (e.g. ``refit_of``); ``dataset`` the training
+    window (``mlflow.log_input``). The run also gets the popularity baseline's NDCG@100 and the
+    catalog size as metrics, and the chart of ``TREND_METRICS`` over the last run dates.
     """
     model_dir = Path(model_dir).resolve()
     model = _load(model_dir)
@@ -70,15 +76,18 @@ def register_export(settings: "Settings", model_dir: Path, run_date: str | dt.da
     all_params = registry.card_params(card) | {
         "run_date": run_date, "vocabulary_size": len(model.item_ids), "d": model.dim} | dict(params or {})
     card_metrics, card_timings = registry.card_figures(card)
+    popularity = (card.get("baselines") or {}).get("popularity") or {}
     final = (card_metrics | registry.finite_numbers(card.get("metrics", {}))
-             | registry.finite_numbers(metrics or {}))
+             | {f"popularity_{k}": v for k, v in registry.finite_numbers(popularity).items()}
+             | {"catalog_size": float(len(model.item_ids))} | registry.finite_numbers(metrics or {}))
     history = list(history if history is not None else card.get("history", []) or [])
     tags = {"vocabulary_size": str(len(model.item_ids)), registry.MODEL_SHA_TAG: model_fingerprint(model_dir)
             } | dict(tags or {})
     with tempfile.TemporaryDirectory(prefix="led-pyfunc-") as tmp:
         return registry.log_run(settings, run_date, model_dir, _pyfunc(model_dir, Path(tmp)), params=all_params,
                                 metrics=final, history=history, timings=card_timings | dict(timings or {}),
-                                artifacts=artifacts, version_tags=tags)
+                                artifacts=artifacts, version_tags=tags, dataset=dataset,
+                                trend_metrics=TREND_METRICS)
 
 
 def find_registered(settings: "Settings", model_dir: Path, run_date: str | dt.date) -> registry.RunInfo | None:

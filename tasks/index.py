@@ -12,14 +12,15 @@ from infra.registry import RunInfo
 from infra.settings import Settings
 from models.pipeline import Trained
 from serving.publish import SlotBuild, build_slot_files
-from tasks.common import run_dir
+from tasks.common import local_trained, run_dir, stage_timeout
 
 
-@task(name="index", cache_policy=NO_CACHE)
+@task(name="index", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("index"))
 def build_index(settings: Settings, run_date: str, trained: Trained, registered: RunInfo,
                 folder: str = "index") -> SlotBuild:
     """Slot files (arrays + index) under the run's ``folder``, served as the registry's version; the ANN
     recall@100 is also logged on the MLflow run for the UI (the gate gets it from here directly)."""
+    trained = local_trained(settings, trained)  # a cache hit may name another host's folder
     work = run_dir(settings, run_date) / folder
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

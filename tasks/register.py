@@ -6,14 +6,16 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.registry import RunInfo
+from infra.registry import DatasetRef, RunInfo
 from infra.settings import Settings
 from models.gate import REFIT_OF_TAG
 from models.pipeline import Pretrained, Trained, WindowPlan
 from models.registration import find_registered, register_export
+from tasks.common import local_trained, stage_timeout
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      timeout_seconds=stage_timeout("register"))
 def register_model(settings: Settings, plan: WindowPlan, trained: Trained, pretrained: Pretrained,
                    validation_docs: str | None, timings: dict, refit_of: str | None = None) -> RunInfo:
     """A rerun of a date whose model is byte-identical keeps its version (``reused``).
@@ -23,6 +25,7 @@ def register_model(settings: Settings, plan: WindowPlan, trained: Trained, pretr
     ``validation_docs`` is the Data Docs' index page: its whole folder (sub-pages, assets,
     result.json) is logged, or the links in the page would be broken in MLflow.
     """
+    trained = local_trained(settings, trained)  # a cache hit may name another host's folder
     existing = find_registered(settings, Path(trained.model_dir), plan.run_date)
     if existing is not None:
         return existing
@@ -33,4 +36,6 @@ def register_model(settings: Settings, plan: WindowPlan, trained: Trained, pretr
     return register_export(settings, Path(trained.model_dir), plan.run_date, params=params, metrics=metrics,
                            history=list(trained.history), timings=timings,
                            artifacts=[Path(validation_docs).parent] if validation_docs else [],
-                           tags={REFIT_OF_TAG: refit_of} if refit_of else None)
+                           tags={REFIT_OF_TAG: refit_of} if refit_of else None,
+                           dataset=DatasetRef(f"events [{plan.start}, {plan.train_end})", plan.fingerprint,
+                                              plan.events_dir))

@@ -192,8 +192,8 @@ def test_run_logs_params_metrics_history_and_artifacts(scenario):
     assert [m.step for m in client.get_metric_history(info.run_id, "history/loss")] == [1, 2, 3]
     top = {a.path for a in client.list_artifacts(info.run_id)}
     assert {"exported", "plots", "reports"} <= top
-    assert {a.path for a in client.list_artifacts(info.run_id, "plots")} == {"plots/history.json",
-                                                                             "plots/training_curve.png"}
+    assert {a.path for a in client.list_artifacts(info.run_id, "plots")} == {
+        "plots/history.json", "plots/training_curve.png", "plots/daily_metrics.png"}
     exported = {a.path.split("/")[-1] for a in client.list_artifacts(info.run_id, "exported")}
     assert {"V.npy", "b.npy", "item_ids.npy", "counts.npy", "model_card.json"} <= exported
     png = Path(client.download_artifacts(info.run_id, "plots/training_curve.png", str(scenario["root"])))

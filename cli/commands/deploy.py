@@ -8,6 +8,7 @@ from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 POOL = "led-process"
+DEPLOYMENT = "led-daily/daily"
 
 
 def register(sub) -> None:
@@ -15,6 +16,8 @@ def register(sub) -> None:
         "deploy", help="register the daily deployment (prefect.yaml) with the Prefect server",
         description="Creates the process work pool `led-process` if needed and runs `prefect deploy --all` "
         "with prefect.yaml (daily cron schedule, Europe/Paris) against the Prefect API of the settings. "
+        "With LED_NOTIFY_WEBHOOK_URL set it also saves a webhook notification block and automations that "
+        "call it when a daily run fails, crashes, times out or is late (LED_LATE_AFTER_SECONDS). "
         "Then start `led worker` to execute runs; trigger one from the UI (Custom run) or with "
         "`prefect deployment run led-daily/daily --param run_date=YYYY-MM-DD`.")
     p.set_defaults(func=run_deploy)
@@ -31,6 +34,18 @@ def _env() -> dict[str, str]:
     settings = get_settings()
     configure_prefect(settings)  # checks the API is reachable: one clear error otherwise
     return os.environ.copy() | prefect_env(settings) | {"LED_PROJECT_DIR": str(PROJECT_DIR)}
+
+
+def _alerts() -> list[str]:
+    """The deployment's alert automations (``infra.orchestration.ensure_alerts``); needs the deployment."""
+    from prefect.client.orchestration import get_client
+
+    from infra.orchestration import ensure_alerts
+    from infra.settings import get_settings
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(DEPLOYMENT)
+    return ensure_alerts(get_settings(), deployment.id)
 
 
 def _prefect(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -52,7 +67,11 @@ def run_deploy(args) -> int:
     if done.returncode != 0:
         raise UserError(f"prefect deploy failed: {(done.stdout + done.stderr).strip()[-500:]}")
     log(done.stdout.strip()[-400:])
-    emit({"deployment": "led-daily/daily", "work_pool": POOL, "prefect_api_url": env["PREFECT_API_URL"]})
+    automations = _alerts()
+    log(f"alert automations: {', '.join(automations)}" if automations
+        else "no alert automation (set LED_NOTIFY_WEBHOOK_URL to be notified of failed or late runs)")
+    emit({"deployment": DEPLOYMENT, "work_pool": POOL, "prefect_api_url": env["PREFECT_API_URL"],
+          "automations": automations})
     return 0
 
 

@@ -1,0 +1,67 @@
+"""Spark stage progress reaches the logs: one line per finished stage with its elapsed time."""
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from infra.spark import stage_progress
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_stage_progress_logs_each_finished_stage(spark):
+    log = logging.getLogger("led.spark.test")
+    log.setLevel(logging.INFO)
+    records = Records()
+    log.addHandler(records)
+    df = spark.range(0, 200_000, numPartitions=4)
+    with stage_progress(log):
+        counted = df.groupBy((df.id % 7).alias("k")).count().collect()  # a shuffle: two stages at least
+    assert len(counted) == 7
+    stages = [line for line in records.lines if line.startswith("spark stage ")]
+    assert len(stages) >= 2, records.lines
+    assert all(re.search(r"\d+ tasks.* in \d+\.\d s$", line) for line in stages), stages
+    ids = [int(line.split()[2]) for line in stages]
+    assert len(ids) == len(set(ids))  # each stage once
+
+
+def test_stage_progress_cancels_jobs_when_the_block_raises(spark):
+    with pytest.raises(KeyboardInterrupt):
+        with stage_progress():
+            raise KeyboardInterrupt  # what a timeout or Ctrl-C looks like from inside the block
+    assert spark.range(10).count() == 10  # the session is still usable
+
+
+def test_spark_ui_switched_on_from_settings(tmp_path):
+    """In its own process (the session's Spark has the UI off): LED_SPARK_UI_ENABLED starts the UI on
+    LED_SPARK_UI_PORT, on 127.0.0.1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra.stack import free_port
+
+    port = free_port()
+    probe = ("import urllib.request; from infra.spark import get_spark; s = get_spark(); "
+             "ui = s.sparkContext.uiWebUrl; "
+             f"code = urllib.request.urlopen('http://127.0.0.1:{port}/jobs/', timeout=30).status; "
+             "s.stop(); print(ui, code)")
+    env = os.environ.copy() | {"LED_SPARK_UI_ENABLED": "true", "LED_SPARK_UI_PORT": str(port),
+                               "LED_SPARK_MASTER": "local[1]", "LED_SPARK_DRIVER_MEMORY": "1g",
+                               "LED_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    url, status = done.stdout.split()[-2:]
+    assert status == "200" and url.endswith(f":{port}"), done.stdout
+    assert "127.0.0.1" in url or "localhost" in url, url
