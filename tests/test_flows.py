@@ -20,6 +20,7 @@ import pytest
 
 from infra import events
 from infra.stack import free_port
+from tests.test_idioms_prefect import stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--param", "dim=16", "--param", "epochs=2", "--param", "num_negatives=100", "--param", "batch_size=256"]
@@ -166,15 +167,7 @@ def test_deployment_custom_run_through_worker(local_stack, world):
         assert {"reports/validation/index.html", "reports/validation/result.json"} <= set(docs), docs
         assert any(a.is_dir for a in client.list_artifacts(runs[0].info.run_id, "reports/validation")), docs
     finally:
-        for _ in range(2):  # a Prefect worker needs two signals to exit
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGINT)
-                try:
-                    worker.wait(15)
-                except subprocess.TimeoutExpired:
-                    pass
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_worker(worker)
 
 
 def test_fourteen_day_simulation_with_faults(local_stack):
