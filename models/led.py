@@ -572,6 +572,10 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
             "metrics": initial}
     losses: list[float] = []
     step, epoch, t0 = 0, 0, time.perf_counter()
+    if progress:
+        progress(f"[led {cfg.variant}/{cfg.loss}] epoch 1/{cfg.epochs} starts: batch {schedule.batch_size}, "
+                 f"{schedule.steps_per_epoch} steps per epoch, budget {schedule.max_steps} steps, "
+                 f"warm-up {schedule.warmup_steps}, validation every {schedule.eval_every}")
     _report(progress, cfg, schedule, history[0], True)
     for epoch, inputs, targets, negatives in _batches(train, cfg, schedule, sampler, rng):
         losses.append(float(train_step(inputs, targets, negatives)))
@@ -609,8 +613,8 @@ def _report(progress, cfg: LedConfig, schedule: Schedule, record: dict, improved
         return
     val = f" val ndcg@100 {record['val_ndcg@100']:.4f}{' *' if improved else ''}" if "val_ndcg@100" in record else ""
     loss = f" loss {record['loss']:.4f}" if "loss" in record else ""
-    progress(f"[led {cfg.variant}/{cfg.loss}] step {record['step']}/{schedule.max_steps} (epoch {record['epoch']}, "
-             f"batch {schedule.batch_size}){loss}{val} {record['seconds']:.1f}s")
+    progress(f"[led {cfg.variant}/{cfg.loss}] step {record['step']}/{schedule.max_steps} (epoch {record['epoch']}/"
+             f"{cfg.epochs}, batch {schedule.batch_size}){loss}{val} {record['seconds']:.1f}s")
 
 
 def initialisation(embeddings, cfg: LedConfig, counts: np.ndarray | None = None) -> TrainedModel:
