@@ -269,14 +269,15 @@ def _log_history(history: Sequence[dict[str, Any]]) -> None:
     import mlflow
 
     for position, row in enumerate(history or []):
-        step = int(row.get("epoch", position))
-        values = {f"history/{k}": v for k, v in finite_numbers(row).items() if k != "epoch"}
+        step = int(row.get("step", row.get("epoch", position)))  # optimizer steps when the history has them
+        values = {f"history/{k}": v for k, v in finite_numbers(row).items() if k != "step"}
         if values:
             mlflow.log_metrics(values, step=step)
 
 
 def training_curve_png(history: Sequence[dict[str, Any]], out: Path) -> Path | None:
-    """Loss (left axis) and every validation metric (right axis) per epoch; None without history."""
+    """Loss (left axis) and every validation metric (right axis) per optimizer step (per epoch when the
+    history has no steps); None without history."""
     rows = [r for r in history or [] if finite_numbers(r)]
     if not rows:
         return None
@@ -285,8 +286,9 @@ def training_curve_png(history: Sequence[dict[str, Any]], out: Path) -> Path | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [int(r.get("epoch", i)) for i, r in enumerate(rows)]
-    keys = sorted({k for r in rows for k in finite_numbers(r)} - {"epoch"})
+    axis = "step" if all("step" in r for r in rows) else "epoch"
+    epochs = [int(r.get(axis, i)) for i, r in enumerate(rows)]
+    keys = sorted({k for r in rows for k in finite_numbers(r)} - {"epoch", "step", "learning_rate"})
     loss_keys = [k for k in keys if "loss" in k]
     # validation metrics only: counters such as examples or seconds would flatten the [0, 1] curves
     other = [k for k in keys if k not in loss_keys and (k.startswith("val") or "_at_" in k)]
@@ -297,7 +299,7 @@ def training_curve_png(history: Sequence[dict[str, Any]], out: Path) -> Path | N
     for k in loss_keys:
         ax.plot(epochs, [finite_numbers(r).get(k, math.nan) for r in rows], marker="o", label=k,
                 color=next(colors))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(axis)
     ax.set_ylabel("loss")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if other:
