@@ -190,6 +190,7 @@ class Settings(BaseSettings):
     vocabulary_timeout_seconds: float = Field(900, gt=0, description="Vocabulary stage timeout.")
     pretrain_timeout_seconds: float = Field(3600, gt=0, description="Pre-training (Spark) stage timeout.")
     fine_tune_timeout_seconds: float = Field(7200, gt=0, description="Fine-tuning (TensorFlow) stage timeout.")
+    refit_timeout_seconds: float = Field(7200, gt=0, description="Whole-window refit (TensorFlow) stage timeout.")
     register_timeout_seconds: float = Field(1800, gt=0, description="MLflow registration stage timeout.")
     index_timeout_seconds: float = Field(3600, gt=0, description="Annoy index stage timeout.")
     gate_timeout_seconds: float = Field(1800, gt=0, description="Evaluate-and-gate stage timeout.")
