@@ -8,7 +8,6 @@ import re
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +15,16 @@ from tests.test_serving import _start_server, _stop, model_dir  # noqa: F401 - m
 
 
 def _children(pid: int) -> set[int]:
+    """The live (non-zombie) worker processes of a server."""
+    import psutil
+
     found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry.name))
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
     return found
 
 
