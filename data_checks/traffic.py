@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 PSI_BUCKETS = 10
 ACTIVITY_DECILES = 10
 PSI_EPSILON = 1e-4
+GONE_EXPECTED = 5.0  # an item absent from a day where the reference expects >= 5 events is gone (P(0) < 1%)
 
 
 def repeated_rows(table: pa.Table, seconds: float) -> tuple[int, int]:
@@ -142,8 +143,12 @@ def item_psi(day: np.ndarray, reference: np.ndarray, exclude: np.ndarray) -> flo
 
     Both are dense over the same vocabulary. ``exclude`` (the day's top items) is left out of
     both sides: a surge on a few items is the concentration check's; this one looks at the
-    rest of the catalog."""
-    keep = reference > 0
+    rest of the catalog. Items gone from the day although the reference expects at least
+    ``GONE_EXPECTED`` events of them (retired, out of stock) are left out too: that is catalog
+    churn, not a shifted distribution. Without this an ML-20M-size clean window (20k items, 1%
+    retired a day) failed on the days after a top item retired (PSI 0.73 against 0.3)."""
+    expected = reference * (day.sum() / max(reference.sum(), 1e-12))
+    keep = (reference > 0) & ~((day == 0) & (expected >= GONE_EXPECTED))
     keep[exclude] = False
     reference, day = reference[keep], day[keep]
     if reference.size == 0 or day.sum() == 0:
