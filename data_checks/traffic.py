@@ -146,7 +146,8 @@ def item_psi(day: np.ndarray, reference: np.ndarray, exclude: np.ndarray) -> flo
     rest of the catalog. Items gone from the day although the reference expects at least
     ``GONE_EXPECTED`` events of them (retired, out of stock) are left out too: that is catalog
     churn, not a shifted distribution. Without this an ML-20M-size clean window (20k items, 1%
-    retired a day) failed on the days after a top item retired (PSI 0.73 against 0.3)."""
+    retired a day) failed after top items retired (PSI 0.73 against 0.3): with the day's top items left out,
+    the reference's top bucket held only the retired ones."""
     expected = reference * (day.sum() / max(reference.sum(), 1e-12))
     keep = (reference > 0) & ~((day == 0) & (expected >= GONE_EXPECTED))
     keep[exclude] = False
