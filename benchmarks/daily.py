@@ -133,7 +133,7 @@ def plot_stages(rows: list[dict], out: Path) -> Path:
     bottom = [0.0] * len(rows)
     for k, stage in enumerate(STAGES):
         heights = [float(r.get(stage) or 0.0) for r in rows]
-        ax.bar(labels, heights, bottom=bottom, label=stage, color=f"C{k}")
+        ax.bar(labels, heights, bottom=bottom, label=stage, color=plt.cm.tab20(k % 20))  # 14 stages: 10 colours repeat
         bottom = [b + h for b, h in zip(bottom, heights)]
     for x, total in enumerate(bottom):
         ax.text(x, total, f"{total:.0f} s", ha="center", va="bottom", fontsize=8)  # stage sum, not wall
