@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from data_checks import suites
