@@ -20,22 +20,11 @@ import pytest
 
 from infra import events
 from infra.stack import free_port
-from tests.test_idioms_prefect import stop_worker
+from tests.cli_runner import led, stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--param", "dim=16", "--param", "epochs=2", "--param", "num_negatives=100", "--param", "batch_size=256"]
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-
-def led(*args: str, timeout: float = 900) -> tuple[int, dict | None, str]:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=os.environ.copy())
-    lines = proc.stdout.strip().splitlines()
-    try:
-        last = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        last = None
-    return proc.returncode, last, proc.stdout + proc.stderr
 
 
 def prefect_api(settings, path: str, body: dict | None = None):

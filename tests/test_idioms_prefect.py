@@ -5,14 +5,11 @@ one `led worker` executes the deployment's runs in subprocesses, as in productio
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -22,34 +19,12 @@ from pathlib import Path
 import pytest
 
 from infra.stack import free_port
+from tests.cli_runner import led, stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"pretrain": {"dim": 16}, "fine_tune": {"epochs": 2, "num_negatives": 100, "batch_size": 256}}
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-
-def led(*args: str, env: dict | None = None, timeout: float = 900) -> tuple[int, dict | None, str]:
-    """Run `led` in its own session, output to files (not pipes): whatever it leaves behind (e.g. a
-    Spark JVM whose launch a timeout interrupted) cannot hold the test, and is killed with the session."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], stdout=out, stderr=err,
-                                text=True, cwd=ROOT, env=os.environ.copy() | (env or {}), start_new_session=True)
-        try:
-            proc.wait(timeout)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    lines = stdout.strip().splitlines()
-    try:
-        last = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        last = None
-    return proc.returncode, last, stdout + stderr
 
 
 def api(settings, path: str, body: dict | None = None, method: str = "POST"):
@@ -85,19 +60,6 @@ class Receiver:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def stop_worker(worker: subprocess.Popen) -> None:
-    for _ in range(2):  # a Prefect worker needs two signals to exit
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGINT)
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.test_idioms_prefect import led
+from tests.cli_runner import led
 
 FAST = ["--param", "dim=14", "--param", "epochs=2", "--param", "num_negatives=100", "--param", "batch_size=256"]
 pytestmark = [pytest.mark.stack, pytest.mark.slow]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_idioms_prefect import led
+from tests.cli_runner import led
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.stack, pytest.mark.slow,
