@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from infra import events
 from infra.errors import UserError
@@ -60,17 +60,8 @@ class WindowPlan:
         return (dt.date.fromisoformat(self.train_end) - dt.date.fromisoformat(self.start)).days
 
     @property
-    def includes_eval_day(self) -> bool:
-        return self.train_end > self.eval_day
-
-    @property
     def vocabulary_size(self) -> int:
         return len(self.vocabulary)
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the vocabulary itself (for reports and MLflow params)."""
-        return {k: v for k, v in asdict(self).items() if k != "vocabulary"} | {
-            "train_days": self.train_days, "vocabulary_size": self.vocabulary_size}
 
 
 def plan_window(settings: "Settings", run_date: str | dt.date, whole_window: bool = False) -> WindowPlan:
