@@ -6,13 +6,11 @@ process configures Prefect from the settings before importing it.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +19,11 @@ import pytest
 from infra import events
 from infra.stack import free_port
 from tests.cli_runner import led, stop_worker
+from tests.prefect_api import api, deployment, start_run, wait_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--param", "dim=16", "--param", "epochs=2", "--param", "num_negatives=100", "--param", "batch_size=256"]
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-
-def prefect_api(settings, path: str, body: dict | None = None):
-    req = urllib.request.Request(f"{settings.prefect_api_url}{path}", json.dumps(body or {}).encode(),
-                                 {"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +105,7 @@ def test_deployment_custom_run_through_worker(local_stack, world):
                               stderr=subprocess.DEVNULL, start_new_session=True,
                               env=os.environ.copy() | {"PREFECT_WORKER_QUERY_SECONDS": "2"})
     try:
-        deployments = prefect_api(local_stack, "/deployments/filter",
-                                  {"deployments": {"name": {"any_": ["daily"]}}})
-        dep = deployments[0]
+        dep = deployment(local_stack)
         assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
         schema = dep["parameter_openapi_schema"]
         assert set(schema["properties"]) == {"run_date", "data", "pretrain", "fine_tune", "index", "gate", "push"}
@@ -125,21 +115,12 @@ def test_deployment_custom_run_through_worker(local_stack, world):
         assert "enum" in groups["FineTuneParams"]["properties"]["loss"]
         params = {"run_date": "2026-01-08", "data": {"events_dir": str(world)}, "pretrain": {"dim": 12},
                   "fine_tune": {"epochs": 1, "num_negatives": 50, "loss": "ns"}}
-        run = prefect_api(local_stack, f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})
-        state = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"{local_stack.prefect_api_url}/flow_runs/{run['id']}", timeout=10) as r:
-                flow_run = json.loads(r.read())
-            state = flow_run["state"]["type"]
-            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            time.sleep(2)
-        assert state == "COMPLETED", flow_run["state"]
+        run_id = start_run(local_stack, dep, params)
+        flow_run = wait_run(local_stack, run_id, timeout=600)
+        assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
         assert flow_run["name"] == "led-daily-2026-01-08"
         assert flow_run["parameters"]["fine_tune"]["loss"] == "ns"
-        artifacts = prefect_api(local_stack, "/artifacts/filter",
-                                {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        artifacts = api(local_stack, "/artifacts/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
         keys = {a["key"] for a in artifacts}
         assert {"daily-report", "daily-metrics", "validation"} <= keys
         report = next(a for a in artifacts if a["key"] == "daily-report")["data"]

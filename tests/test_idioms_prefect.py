@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,19 +19,11 @@ import pytest
 
 from infra.stack import free_port
 from tests.cli_runner import led, stop_worker
+from tests.prefect_api import api, deployment, start_run, wait_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"pretrain": {"dim": 16}, "fine_tune": {"epochs": 2, "num_negatives": 100, "batch_size": 256}}
-TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-
-def api(settings, path: str, body: dict | None = None, method: str = "POST"):
-    data = json.dumps(body or {}).encode() if method == "POST" else None
-    req = urllib.request.Request(f"{settings.prefect_api_url}{path}", data, {"Content-Type": "application/json"},
-                                 method=method)
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 class Receiver:
@@ -81,26 +72,12 @@ def deployed(local_stack, world):
         worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                   env=os.environ.copy() | {"PREFECT_WORKER_QUERY_SECONDS": "2"})
-        dep = api(local_stack, "/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})[0]
+        dep = deployment(local_stack)
         yield dep, receiver
     finally:
         if worker is not None:
             stop_worker(worker)
         receiver.stop()
-
-
-def start_run(settings, dep: dict, params: dict) -> str:
-    return api(settings, f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})["id"]
-
-
-def wait_run(settings, run_id: str, timeout: float = 900) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = api(settings, f"/flow_runs/{run_id}", method="GET")
-        if run["state"]["type"] in TERMINAL:
-            return run
-        time.sleep(2)
-    raise AssertionError(f"flow run {run_id} still {run['state']['name']} after {timeout} s")
 
 
 def state_names(settings, run_id: str) -> list[str]:

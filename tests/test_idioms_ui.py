@@ -5,16 +5,15 @@ parameter group. The screenshot is left at $LED_UI_SCREENSHOT (default: the test
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.cli_runner import led
+from tests.prefect_api import deployment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.stack, pytest.mark.slow,
@@ -31,11 +30,7 @@ def chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_custom_run_form_renders_a_date_picker_and_the_groups(local_stack, tmp_path):
     code, res, log = led("deploy")
     assert code == 0, log[-2000:]
-    req = urllib.request.Request(f"{local_stack.prefect_api_url}/deployments/filter",
-                                 json.dumps({"deployments": {"name": {"any_": ["daily"]}}}).encode(),
-                                 {"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        dep = json.loads(resp.read())[0]
+    dep = deployment(local_stack)
     ui = local_stack.prefect_api_url.removesuffix("/api")
     url = f"{ui}/deployments/deployment/{dep['id']}/run"
     shot = Path(os.environ.get("LED_UI_SCREENSHOT", tmp_path / "custom-run.png"))
