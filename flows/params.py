@@ -24,7 +24,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "pretrain": ("dim", "min_count", "max_timeline", "svd_power_iters"),
     "fine_tune": ("loss", "num_negatives", "negative_sampling", "learning_rate", "batch_size", "max_steps",
                   "epochs", "eval_every", "patience", "lr_schedule", "warmup_share", "bias_lr_scale",
-                  "init_scale", "keep_prob"),
+                  "init_scale", "keep_prob", "max_train_users"),
     "index": ("n_trees", "search_k"),
     "gate": ("gate_tolerance", "refit_whole_window"),
 }

@@ -114,13 +114,22 @@ def write_day(root: Path, kind: str, day: dt.date, table: pa.Table) -> Path:
     return final
 
 
-def read_day(root: Path, kind: str, day: dt.date) -> pa.Table:
-    """One day's events; an empty table when the day is missing."""
+def read_day(root: Path, kind: str, day: dt.date, users: pa.Array | None = None,
+             columns: list[str] | None = None) -> pa.Table:
+    """One day's events (only ``users``' rows, only ``columns`` when given); an empty table when the day
+    is missing. The user filter is applied batch by batch while scanning, so a day's other users are
+    never held in memory (docs/architecture.md, "Fine-tuning on a bounded sample of users")."""
     path = partition_dir(root, kind, day)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else []
+    schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
     if not files:
-        return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f) for f in files])
+        return schema.empty_table()
+    if users is None:
+        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    import pyarrow.dataset as ds
+
+    wanted = ds.field("user_id").isin(users)
+    return ds.dataset(files, format="parquet").to_table(columns=schema.names, filter=wanted)
 
 
 def quarantined_days(root: Path) -> dict[dt.date, str]:
@@ -148,16 +157,31 @@ def update_quarantine(root: Path, add: dict[dt.date, str] | None = None,
     return days
 
 
-def read_window(root: Path, kind: str, run_date: str | dt.date, window_days: int) -> pa.Table:
-    """Events of [D-W, D) with a ``date`` column (date32) added, oldest day first; quarantined days skipped."""
+def read_window(root: Path, kind: str, run_date: str | dt.date, window_days: int,
+                users: pa.Array | None = None) -> pa.Table:
+    """Events of [D-W, D) with a ``date`` column (date32) added, oldest day first; quarantined days skipped.
+
+    ``users``: only these users' events (filtered while scanning, see :func:`read_day`)."""
     tables = []
-    quarantined = quarantined_days(root)
-    for day in window_dates(run_date, window_days):
-        if day in quarantined:
-            continue
-        t = read_day(root, kind, day)
+    for day in _window_days(root, run_date, window_days):
+        t = read_day(root, kind, day, users)
         tables.append(t.append_column("date", pa.array([day] * t.num_rows, pa.date32())))
     return pa.concat_tables(tables) if tables else SCHEMA.append(pa.field("date", pa.date32())).empty_table()
+
+
+def window_distinct(root: Path, kind: str, run_date: str | dt.date, window_days: int,
+                    column: str = "user_id") -> pa.Array:
+    """The distinct values of ``column`` in the ``kind`` events of [D-W, D), sorted; reads that column only."""
+    days = [pc.unique(read_day(root, kind, day, columns=[column]).column(column).combine_chunks())
+            for day in _window_days(root, run_date, window_days)]
+    if not days:
+        return pa.array([], SCHEMA.field(column).type)
+    return pc.unique(pa.concat_arrays(days)).sort()
+
+
+def _window_days(root: Path, run_date: str | dt.date, window_days: int) -> list[dt.date]:
+    quarantined = quarantined_days(root)
+    return [day for day in window_dates(run_date, window_days) if day not in quarantined]
 
 
 def require_window(root: Path, kind: str, run_date: str | dt.date, window_days: int) -> pa.Table:

@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     keep_prob: float = Field(0.7, gt=0, le=1, description="Probability of keeping a timeline item in the "
                              "input while training.")
     target_ratio: float = Field(0.2, gt=0, lt=1)
+    max_train_users: int = Field(0, ge=0, description="Fine-tune on at most this many clicking users a day "
+                                 "(a stable hash sample; 0 = all): LED has no per-user parameters, so the "
+                                 "cost and memory of the stage stop growing with the users "
+                                 "(benchmarks/README.md, \"Fine-tuning on a sample of users\").")
 
     # --- gate, index, serving ----------------------------------------------
     refit_whole_window: bool = Field(True, description="After a promotion, refit on the whole window (the "

@@ -34,6 +34,7 @@ Evaluation protocols
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -369,28 +370,49 @@ def window_items(views: pa.Table, clicks: pa.Table) -> np.ndarray:
 
 
 def temporal_split(views: pa.Table, clicks: pa.Table, item_ids: Sequence[str],
-                   max_timeline: int | None = None) -> TemporalSplit:
+                   max_timeline: int | None = None, train_users: np.ndarray | None = None,
+                   universe: np.ndarray | None = None) -> TemporalSplit:
     """Train on the days before :func:`evaluation_day`; evaluate on that day's clicks.
 
     ``item_ids`` is the model's vocabulary: training timelines and clicks are
     positions in it. The test set's universe is every item of the window, so
     its targets are filtered by no model's vocabulary (a fair gate): users with
     earlier history and at least one clicked item not already in their
-    inputs are evaluated.
+    inputs are evaluated. ``train_users``: train on these users only (the
+    bounded sample of :func:`sample_users`); the test set is unaffected when
+    the tables hold every evaluation-day clicker's events and ``universe`` is
+    the whole window's :func:`window_items` (the tables then hold only some users).
     """
     days = event_days(views, clicks)
     if len(days) < 2:
         raise UserError("the temporal protocol needs at least 2 days with events in the window")
     early_v, early_c, last_c = split_last_day(views, clicks, days[-1])
     index = {str(item): i for i, item in enumerate(item_ids)}
-    train = build_user_data(early_v, early_c, index, max_timeline)
-    test = last_day_eval_set(early_v, early_c, last_c, window_items(views, clicks), max_timeline,
+    train = build_user_data(early_v, early_c, index, max_timeline, users=train_users)
+    universe = window_items(views, clicks) if universe is None else universe
+    test = last_day_eval_set(early_v, early_c, last_c, universe, max_timeline,
                              name=f"clicks-{days[-1]}")
     info = {"train_days": [str(days[0]), str(days[-2])], "eval_date": str(days[-1]),
             "train_users": len(train), "eval_users": len(test), "items": len(index),
             "eval_items": len(test.item_ids),
             "eval_target_users_total": int(pc.count_distinct(last_c.column("user_id")).as_py())}
     return TemporalSplit(np.asarray(item_ids, dtype=str), train, test, days[-1], info)
+
+
+def sample_users(users: Sequence[str], max_users: int, seed: int) -> np.ndarray:
+    """At most ``max_users`` of ``users`` (all when ``max_users`` is 0 or not smaller), sorted.
+
+    Chosen by a keyed hash of the id rather than a random draw, so a user stays in the
+    sample from one day to the next (the daily models train on mostly the same people, and a
+    rerun picks the same sample); docs/architecture.md, "Fine-tuning on a bounded sample of users".
+    """
+    users = np.unique(np.asarray(users, dtype=str))
+    if not max_users or max_users >= len(users):
+        return users
+    key = seed.to_bytes(8, "little", signed=True)
+    ranks = np.fromiter((int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8, key=key).digest(), "little")
+                         for u in users), dtype=np.uint64, count=len(users))
+    return np.sort(users[np.argsort(ranks, kind="stable")[:max_users]])
 
 
 def split_last_day(views: pa.Table, clicks: pa.Table, last: dt.date) -> tuple[pa.Table, pa.Table, pa.Table]:

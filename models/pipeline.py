@@ -126,6 +126,44 @@ def pretrain_stage(settings: "Settings", plan: WindowPlan, config: "PretrainConf
 
 
 # --------------------------------------------------------------------------- fine-tuning
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The events a fine-tuning reads: with ``max_train_users`` only a stable sample of the users who
+    clicked in the training days (``models.data.sample_users``) plus, for an evaluated model, the users
+    who clicked on the evaluation day (the eval set needs their history) and the window's item universe.
+    The filter is applied while scanning the event store, so memory follows the sample, not the window
+    (docs/architecture.md, "Fine-tuning on a bounded sample of users")."""
+
+    views: object  # pyarrow.Table
+    clicks: object
+    train_users: object = None  # numpy array of user ids; None = every user of the tables
+    universe: object = None  # numpy array of item ids; None = the tables' items
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, settings: "Settings", plan: WindowPlan, config: "LedConfig") -> "TrainingWindow":
+        import numpy as np
+        import pyarrow as pa
+
+        from models.data import sample_users, window_items
+
+        root, days = settings.events_dir, settings.window_days
+        if not config.max_train_users:
+            return cls(events.read_window(root, "views", plan.run_date, days),
+                       events.read_window(root, "clicks", plan.run_date, days))
+        clickers = events.window_distinct(root, "clicks", plan.train_end, plan.train_days)
+        sample = sample_users(clickers.to_numpy(zero_copy_only=False), config.max_train_users, config.seed)
+        tail = (dt.date.fromisoformat(plan.run_date) - dt.date.fromisoformat(plan.train_end)).days
+        evaluated = events.window_distinct(root, "clicks", plan.run_date, tail).to_numpy(zero_copy_only=False)
+        users = pa.array(np.union1d(sample, evaluated).tolist(), pa.string())
+        universe = window_items(*(pa.table({"item_id": events.window_distinct(root, kind, plan.run_date, days,
+                                                                              "item_id")})
+                                  for kind in ("views", "clicks")))
+        return cls(events.read_window(root, "views", plan.run_date, days, users=users),
+                   events.read_window(root, "clicks", plan.run_date, days, users=users), sample, universe,
+                   {"clicking_users": len(clickers), "sampled_train_users": len(sample)})
+
+
 GAIN_METRICS = ("ndcg@100", "recall@20")
 
 
@@ -190,16 +228,16 @@ def fine_tune_stage(settings: "Settings", plan: WindowPlan, pretrained: Pretrain
     model_dir = Path(model_dir)
     if not (cached and (model_dir / CARD).is_file()):
         emb = Embeddings.load(Path(pretrained.path))
-        views = events.read_window(settings.events_dir, "views", plan.run_date, settings.window_days)
-        clicks = events.read_window(settings.events_dir, "clicks", plan.run_date, settings.window_days)
+        window = TrainingWindow.read(settings, plan, config)
         try:
-            model, split, metrics = fine_tune_window(emb, views, clicks, config)
+            model, split, metrics = fine_tune_window(emb, window.views, window.clicks, config,
+                                                     train_users=window.train_users, universe=window.universe)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         popularity = evaluate_popularity(dict(zip(model.item_ids.tolist(), model.counts.tolist())), split.test)
         initial = evaluate_model(initialisation(emb, config), split.test)
         window = {"run_date": plan.run_date, "start": plan.start, "eval_date": plan.eval_day,
-                  "window_days": settings.window_days, "views": plan.views} | split.info
+                  "window_days": settings.window_days, "views": plan.views} | split.info | window.info
         model.export(model_dir, metrics=metrics, data_window=window, eval_set=split.test,
                      extra={"baselines": {"popularity": popularity, "initialisation": initial},
                             "pretrain": {"explained_variance": pretrained.explained_variance,
@@ -232,19 +270,18 @@ def refit_stage(settings: "Settings", whole: WindowPlan, pretrained: Pretrained,
     old = load_model(Path(evaluated.model_dir))
     P, b, alignment = carry_over(emb.item_ids, emb.E, initial_bias(emb.counts), old.item_ids, old_emb.E,
                                  projection_from_export(old_emb.E, old.V), old.b)
-    views = events.read_window(settings.events_dir, "views", whole.train_end, whole.train_days)
-    clicks = events.read_window(settings.events_dir, "clicks", whole.train_end, whole.train_days)
+    window = TrainingWindow.read(settings, whole, config)
     index = {str(item): i for i, item in enumerate(emb.item_ids)}
-    train = build_user_data(views, clicks, index, config.max_timeline)
+    train = build_user_data(window.views, window.clicks, index, config.max_timeline, users=window.train_users)
     steps = evaluated.best_step
     if steps > 0:
         model = fine_tune(emb, train, None, dataclasses.replace(config, max_steps=steps), initial=(P, b))
     else:  # the evaluated model's best was its initialisation: ship the carried-over weights as they are
         d, n = emb.E.shape[1], len(emb.item_ids)
         model = TrainedModel(emb.item_ids, (emb.E @ P).astype(np.float32), b, emb.counts, config, d * d + n, P=P)
-    window = {"run_date": whole.run_date, "start": whole.start, "train_end": whole.train_end,
-              "eval_date": whole.eval_day, "window_days": settings.window_days, "views": whole.views}
-    model.export(model_dir, metrics={}, data_window=window, eval_set=load_eval_set(Path(evaluated.eval_set)),
+    info = {"run_date": whole.run_date, "start": whole.start, "train_end": whole.train_end,
+            "eval_date": whole.eval_day, "window_days": settings.window_days, "views": whole.views} | window.info
+    model.export(model_dir, metrics={}, data_window=info, eval_set=load_eval_set(Path(evaluated.eval_set)),
                  extra={"refit": alignment | {"refit_of": evaluated.model_dir, "steps": steps},
                         "pretrain": {"explained_variance": pretrained.explained_variance,
                                      "timings": pretrained.timings}})

@@ -130,7 +130,9 @@ def test_deployment_custom_run_through_worker(local_stack, world):
 
         client = MlflowClient(tracking_uri=local_stack.mlflow_tracking_uri)
         exp = client.get_experiment_by_name(local_stack.mlflow_experiment)
-        runs = client.search_runs([exp.experiment_id], filter_string="params.loss = 'ns'")
+        # the evaluated model's run: registered before its whole-window refit's (if the gate promoted it)
+        runs = client.search_runs([exp.experiment_id], filter_string="params.loss = 'ns'",
+                                  order_by=["attributes.start_time ASC"])
         assert runs and runs[0].data.params["d"] == "12"
         # the validation Data Docs arrive whole: the index page, its sub-pages and the result JSON
         docs = [a.path for a in client.list_artifacts(runs[0].info.run_id, "reports/validation")]

@@ -54,3 +54,48 @@ def test_default_configuration_beats_its_initialisation(trained_window):
     history = card["history"]
     assert history[0]["step"] == 0 and history[0]["val_ndcg@100"] == valid["initialisation"]["ndcg@100"]
     assert [h["step"] for h in history] == sorted({h["step"] for h in history})
+
+
+def test_a_bounded_sample_of_users_trains_and_leaves_the_eval_set_alone(spark, clicky_world, trained_window,
+                                                                        tmp_path):
+    """``max_train_users``: the stage reads and trains on a stable sample of the clicking users; the
+    evaluation day's clicks (every clicker) are the same as without the bound."""
+    from infra.settings import get_settings
+    from models.evaluation import load_eval_set
+    from models.export import load_model
+    from models.led import LedConfig
+    from models.pipeline import fine_tune_stage, plan_window, pretrain_stage
+    from models.pretrain import PretrainConfig
+
+    full, full_card = trained_window
+    settings = get_settings().with_overrides(events_dir=clicky_world, window_days=8, work_dir=tmp_path,
+                                             max_train_users=300)
+    plan = plan_window(settings, dt.date(2026, 1, 9))
+    pretrained = pretrain_stage(settings, plan, PretrainConfig.from_settings(settings))
+    sampled = fine_tune_stage(settings, plan, pretrained, LedConfig.from_settings(settings))
+    window = load_model(sampled.model_dir).card["data_window"]
+    # the unbounded run also trains users who only viewed (they bring no targets)
+    assert 300 < window["clicking_users"] <= full_card["data_window"]["train_users"]
+    assert window["sampled_train_users"] == window["train_users"] == 300
+    a, b = load_eval_set(sampled.eval_set), load_eval_set(full.eval_set)
+    assert list(a.user_ids) == list(b.user_ids) and a.target_sets() == b.target_sets()
+    # a quarter of the users still learns most of what all of them teach (the model has no per-user
+    # parameters); benchmarks/README.md has the curve at ML-20M size
+    print("ndcg@100 sampled", sampled.metrics["ndcg@100"], "all", full.metrics["ndcg@100"],
+          "popularity", sampled.popularity_metrics["ndcg@100"])
+    assert sampled.metrics["ndcg@100"] > 1.5 * sampled.popularity_metrics["ndcg@100"]
+    assert sampled.metrics["ndcg@100"] > 0.85 * full.metrics["ndcg@100"]
+
+
+def test_the_user_sample_is_stable_and_bounded():
+    from models.data import sample_users
+
+    users = [f"u{i}" for i in range(5000)]
+    picked = sample_users(users, 400, seed=3)
+    assert len(picked) == 400 and list(picked) == sorted(picked)
+    assert list(sample_users(users[::-1], 400, seed=3)) == list(picked)  # order of the input is irrelevant
+    assert list(sample_users(users, 0, seed=3)) == sorted(users)  # 0 = everyone
+    # new users arriving never push an existing user *into* the sample, and most of it stays
+    grown = set(sample_users(users + [f"n{i}" for i in range(500)], 400, seed=3))
+    assert grown & set(users) <= set(picked) and len(grown & set(picked)) > 300
+    assert set(sample_users(users, 400, seed=4)) != set(picked)
