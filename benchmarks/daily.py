@@ -1,19 +1,25 @@
-"""Benchmark: wall time per stage of one daily run at several scales.
+"""Benchmark: wall time and peak memory per stage of one daily run at several scales: the cost curve.
 
 Each scale is a synthetic world (the same generator as `led generate`) whose
-window of ``--window`` days holds the given share of ML-20M's size (138k users,
-20k items, ~10M views at scale 1). The daily flow runs once per scale through
-the real local stack (Prefect, MLflow, moto S3), started by this script under
-a temporary LED_HOME on free ports and stopped at the end.
+window of ``--window`` days holds the given multiple of ML-20M's size (138k users,
+20k items, ~10M views at ``full`` = 1x; users, items and events scale together:
+``4x`` is 552k users, 80k items, ~40M views). The daily flow runs once per scale
+through the real local stack (Prefect, MLflow, moto S3), started by this script under
+a temporary LED_HOME on free ports and stopped at the end. Per stage it records
+seconds and peak RSS (the flow process and its Spark JVM, ``infra.resources``),
+and between consecutive scales the slope per doubling of the events (time ratio
+divided by events ratio: above 1 a stage grows faster than its input).
 
-Targets (issue 8): full scale at most 20 minutes end to end; doubling the
-events at most 2.2x the time (half → full is the doubling measured).
+Targets (issue 17): 4x completes within 24 GB; the whole day at 4x under 30 minutes
+on 2 cores; no stage's time grows faster than its input (issue 8: full scale at most
+20 minutes).
 
-    .venv/bin/python benchmarks/daily.py                              # small, quarter, half, full
+    .venv/bin/python benchmarks/daily.py --scales full,2x,4x --out daily_scale.json   # the cost curve
     .venv/bin/python benchmarks/daily.py --scales small,quarter       # quicker
-    .venv/bin/python benchmarks/daily.py --plot-from benchmarks/results/daily.json   # redraw only
+    .venv/bin/python benchmarks/daily.py --plot-from benchmarks/results/daily_scale.json   # redraw only
 
-Every run also draws ``results/daily_stages.png``: seconds per stage (stacked) per scale.
+Every run draws ``results/daily_stages.png`` (seconds per stage, stacked, per scale) and
+``results/daily_loglog.png`` (seconds per stage against window views, log-log).
 """
 from __future__ import annotations
 
@@ -31,7 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 from infra.stack import free_port  # noqa: E402
 
-SCALES = {"small": 0.1, "quarter": 0.25, "half": 0.5, "full": 1.0}
+SCALES = {"small": 0.1, "quarter": 0.25, "half": 0.5, "full": 1.0, "2x": 2.0, "4x": 4.0}
+MAX_RSS_MB = 24 * 1024
+MAX_4X_MINUTES = 30
 STAGES = ("validate", "vocabulary", "pretrain", "fine-tune", "register", "index", "evaluate-and-gate",
           "refit-vocabulary", "refit-pretrain", "refit", "refit-register", "refit-index", "ship-refit", "push")
 REFIT_STAGES = tuple(s for s in STAGES if "refit" in s)
@@ -54,7 +62,8 @@ def main() -> None:
     ap.add_argument("--out", default="daily.json", help="results file under benchmarks/results/")
     args = ap.parse_args()
     if args.plot_from:
-        print(plot_stages(rows_from(json.loads(args.plot_from.read_text())), PLOT))
+        rows = rows_from(json.loads(args.plot_from.read_text()))
+        print(plot_stages(rows, PLOT), plot_loglog(rows, LOGLOG))
         return
     home = Path(tempfile.mkdtemp(prefix="led-bench-daily-"))
     env = os.environ.copy() | {"LED_HOME": str(home), "LED_MOTO_PORT": str(free_port()),
@@ -82,6 +91,9 @@ def main() -> None:
                    "popularity_ndcg@100": res.get("popularity_ndcg@100"), "refit_shipped": res.get("refit_shipped")} | \
                   {s: (res.get("seconds") or {}).get(s) for s in STAGES}
             row["refit_seconds"] = round(sum(row[s] or 0 for s in REFIT_STAGES), 1)
+            row["peak_rss_mb"] = res.get("peak_rss_mb") or {}
+            row["max_rss_mb"] = max(row["peak_rss_mb"].values(), default=None)
+            row["load_average"] = round(os.getloadavg()[0], 2)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -95,13 +107,67 @@ def main() -> None:
     if "full" in by:
         result["full_minutes"] = round(by["full"]["wall_seconds"] / 60, 1)
         print(f"full scale end to end: {result['full_minutes']} min (target <= 20)")
+    result["slopes"] = slopes(rows)
+    print_slopes(result["slopes"])
+    if "4x" in by:
+        result["4x_minutes"] = round(by["4x"]["wall_seconds"] / 60, 1)
+        result["4x_max_rss_mb"] = by["4x"]["max_rss_mb"]
+        print(f"4x end to end: {result['4x_minutes']} min (target <= {MAX_4X_MINUTES}); peak RSS "
+              f"{result['4x_max_rss_mb']} MB (target <= {MAX_RSS_MB})")
     out = ROOT / "benchmarks" / "results" / args.out
     out.write_text(json.dumps(result, indent=2))
-    print(f"plot: {plot_stages(rows, PLOT)}")
+    print(f"plots: {plot_stages(rows, PLOT)} {plot_loglog(rows, LOGLOG)}")
     print(json.dumps(result))
 
 
 PLOT = ROOT / "benchmarks" / "results" / "daily_stages.png"
+LOGLOG = ROOT / "benchmarks" / "results" / "daily_loglog.png"
+
+
+def slopes(rows: list[dict]) -> list[dict]:
+    """Between consecutive scales: per stage, (time ratio) / (events ratio); 1.0 = linear in the input."""
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        growth = b["window_views"] / a["window_views"]
+        per_stage = {s: round((b[s] / a[s]) / growth, 2) for s in (*STAGES, "wall_seconds")
+                     if a.get(s) and b.get(s) and a[s] >= 1.0}  # sub-second stages: noise, not slope
+        out.append({"from": a["scale"], "to": b["scale"], "events_ratio": round(growth, 2), "slope": per_stage})
+    return out
+
+
+def print_slopes(found: list[dict]) -> None:
+    for step in found:
+        worst = sorted(step["slope"].items(), key=lambda kv: -kv[1])[:4]
+        print(f"{step['from']} -> {step['to']} (events x{step['events_ratio']}): time/events slope "
+              + ", ".join(f"{k} {v}" for k, v in worst) + " (1.0 = linear)")
+
+
+def plot_loglog(rows: list[dict], out: Path) -> Path:
+    """Seconds per stage (stages of at least a second somewhere) against window views, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["window_views"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for k, stage in enumerate((*STAGES, "wall_seconds")):
+        ys = [r.get(stage) for r in rows]
+        if all(y and y > 0 for y in ys) and max(ys) >= 1.0:
+            ax.plot(xs, ys, "o-", label=stage, color="k" if stage == "wall_seconds" else plt.cm.tab20(k % 20))
+    if len(xs) > 1:  # a reference line of slope 1 through the first wall time
+        ax.plot(xs, [rows[0]["wall_seconds"] * x / xs[0] for x in xs], ":", c="grey", label="linear (slope 1)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("window views")
+    ax.set_ylabel("seconds")
+    ax.set_title("one daily run: seconds per stage against events (log-log)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def rows_from(result) -> list[dict]:
@@ -152,6 +218,11 @@ def print_table(rows: list[dict]) -> None:
     print("\n" + " | ".join(f"{c:>10s}" for c in cols))
     for r in rows:
         print(" | ".join(f"{(f'{r[c]:.1f}' if isinstance(r[c], float) else str(r[c])):>10s}" for c in cols))
+    print("\npeak RSS MB (flow process + Spark JVM) per stage")
+    print(" | ".join(f"{c:>10s}" for c in ["scale", *STAGES]))
+    for r in rows:
+        rss = r.get("peak_rss_mb") or {}
+        print(" | ".join(f"{str(v):>10s}" for v in [r["scale"], *(rss.get(s, "-") for s in STAGES)]))
 
 
 if __name__ == "__main__":

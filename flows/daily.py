@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from flows.params import (DataParams, FineTuneParams, GateParams, IndexParams, PretrainParams, RunDate,
                           settings_for_run)
 from infra.registry import RunInfo
+from infra.resources import PeakRss
 from models.gate import GateDecision
 from models.led import LedConfig
 from models.pipeline import Trained, WindowPlan
@@ -52,14 +53,21 @@ def _run_name() -> str:
 
 
 class _Stopwatch(dict):
-    """Seconds per stage, in pipeline order."""
+    """Seconds per stage, in pipeline order; ``peak_rss_mb``: the peak memory of each stage (this process
+    and the Spark JVM, ``infra.resources``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak_rss_mb: dict[str, int] = {}
 
     def run(self, stage: str, fn, *args, **kwargs):
-        t0 = time.perf_counter()
+        peak, t0 = PeakRss(), time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            with peak:
+                return fn(*args, **kwargs)
         finally:
             self[stage] = round(time.perf_counter() - t0, 3)
+            self.peak_rss_mb[stage] = peak.mb
 
 
 @flow(name="led-daily", flow_run_name=_run_name, log_prints=True, validate_parameters=True)
@@ -114,6 +122,7 @@ def daily(
         "recall@50": trained.metrics["recall@50"], "ann_recall": slot.ann_recall,
         **trained.figures(),
         "champion_ndcg@100": decision.champion_metrics.get("ndcg_at_100"), "seconds": dict(clock),
+        "peak_rss_mb": clock.peak_rss_mb,
         "refit_version": shipped.registered.model_version if shipped else None,
         "refit_shipped": bool(shipped and shipped.decision.promoted),
         "pushed_version": live.model_version if pushed else None,

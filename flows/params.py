@@ -26,7 +26,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                   "epochs", "eval_every", "patience", "lr_schedule", "warmup_share", "bias_lr_scale",
                   "init_scale", "keep_prob", "max_train_users"),
     "index": ("n_trees", "search_k"),
-    "gate": ("gate_tolerance", "refit_whole_window"),
+    "gate": ("gate_tolerance", "refit_whole_window", "max_eval_users"),
 }
 TITLES = {"data": "Data", "pretrain": "Pretrain", "fine_tune": "FineTune", "index": "Index", "gate": "Gate"}
 

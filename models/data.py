@@ -369,27 +369,38 @@ def window_items(views: pa.Table, clicks: pa.Table) -> np.ndarray:
     return np.asarray(sorted(pc.unique(pa.concat_arrays(ids)).to_pylist()), dtype=str)
 
 
+@dataclass(frozen=True)
+class UserSample:
+    """Which users a temporal split trains and evaluates on, when the tables hold only some users' events
+    (the bounded samples of :func:`sample_users`; docs/architecture.md, "Fine-tuning on a bounded sample
+    of users"). ``None`` = every user of the tables; ``universe``: the whole window's :func:`window_items`
+    (the tables' own items are then only the sampled users')."""
+
+    train_users: np.ndarray | None = None
+    eval_users: np.ndarray | None = None
+    universe: np.ndarray | None = None
+
+
 def temporal_split(views: pa.Table, clicks: pa.Table, item_ids: Sequence[str],
-                   max_timeline: int | None = None, train_users: np.ndarray | None = None,
-                   universe: np.ndarray | None = None) -> TemporalSplit:
+                   max_timeline: int | None = None, sample: UserSample | None = None) -> TemporalSplit:
     """Train on the days before :func:`evaluation_day`; evaluate on that day's clicks.
 
     ``item_ids`` is the model's vocabulary: training timelines and clicks are
     positions in it. The test set's universe is every item of the window, so
     its targets are filtered by no model's vocabulary (a fair gate): users with
     earlier history and at least one clicked item not already in their
-    inputs are evaluated. ``train_users``: train on these users only (the
-    bounded sample of :func:`sample_users`); the test set is unaffected when
-    the tables hold every evaluation-day clicker's events and ``universe`` is
-    the whole window's :func:`window_items` (the tables then hold only some users).
+    inputs are evaluated (with ``sample``, only its users train and are evaluated).
     """
     days = event_days(views, clicks)
     if len(days) < 2:
         raise UserError("the temporal protocol needs at least 2 days with events in the window")
     early_v, early_c, last_c = split_last_day(views, clicks, days[-1])
     index = {str(item): i for i, item in enumerate(item_ids)}
-    train = build_user_data(early_v, early_c, index, max_timeline, users=train_users)
-    universe = window_items(views, clicks) if universe is None else universe
+    sample = sample or UserSample()
+    train = build_user_data(early_v, early_c, index, max_timeline, users=sample.train_users)
+    universe = window_items(views, clicks) if sample.universe is None else sample.universe
+    if sample.eval_users is not None:
+        last_c = last_c.filter(pc.is_in(last_c.column("user_id"), pa.array(sample.eval_users.tolist(), pa.string())))
     test = last_day_eval_set(early_v, early_c, last_c, universe, max_timeline,
                              name=f"clicks-{days[-1]}")
     info = {"train_days": [str(days[0]), str(days[-2])], "eval_date": str(days[-1]),

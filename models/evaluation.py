@@ -121,11 +121,13 @@ def fingerprint(eval_set: EvalSet) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def sample_users(eval_set: EvalSet, max_users: int | None, seed: int = 0) -> EvalSet:
-    """At most ``max_users`` users, drawn without replacement (order kept)."""
+def sample_eval_set(eval_set: EvalSet, max_users: int | None, seed: int = 0) -> EvalSet:
+    """At most ``max_users`` of its users, the stable sample of ``models.data.sample_users`` (order kept)."""
+    from models.data import sample_users
+
     if not max_users or len(eval_set) <= max_users:
         return eval_set
-    keep = np.sort(np.random.default_rng(seed).choice(len(eval_set), size=max_users, replace=False))
+    keep = np.flatnonzero(np.isin(eval_set.user_ids, sample_users(eval_set.user_ids, max_users, seed)))
     return eval_set.take(keep)
 
 
@@ -150,6 +152,6 @@ def eval_set_for_day(events_dir: Path, target_day: str | dt.date, window_days: i
     eval_set = last_day_eval_set(early_v, early_c, last_c, window_items(views, clicks), None, name="")
     if not len(eval_set):
         raise UserError(f"no user clicking on {day} has history in the {window_days} days before")
-    eval_set = sample_users(eval_set, max_users, seed)
+    eval_set = sample_eval_set(eval_set, max_users, seed)
     eval_set.name = f"clicks-{day}-w{window_days}"
     return eval_set

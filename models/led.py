@@ -76,7 +76,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from models import scoring
-from models.data import EvalSet, Lists, TemporalSplit, UserData, epoch_examples, evaluate_scorer
+from models.data import EvalSet, Lists, TemporalSplit, UserData, UserSample, epoch_examples, evaluate_scorer
 from models.evaluation import evaluate_model
 
 VARIANTS = ("project", "train_e", "no_projection")
@@ -138,6 +138,7 @@ class LedConfig:
     init_scale: float = _setting("init_scale")
     max_timeline: int = _setting("max_timeline")
     max_train_users: int = _setting("max_train_users")  # 0 = every clicking user of the window
+    max_eval_users: int = _setting("max_eval_users")  # 0 = every clicker of the evaluation day
     valid_share: float = 0.1
     valid_max_users: int = 2000
 
@@ -155,8 +156,8 @@ class LedConfig:
         if self.batch_size < 0 or self.eval_every < 0 or self.max_steps < 1 or self.epochs < 1 or self.patience < 1:
             raise ValueError("batch_size and eval_every must be >= 0 (0 = derived); max_steps, epochs and "
                              "patience >= 1")
-        if self.max_train_users < 0:
-            raise ValueError("max_train_users must be >= 0 (0 = every user)")
+        if self.max_train_users < 0 or self.max_eval_users < 0:
+            raise ValueError("max_train_users and max_eval_users must be >= 0 (0 = every user)")
         if not 0 <= self.warmup_share < 1 or self.bias_lr_scale <= 0:
             raise ValueError("warmup_share must be in [0, 1) and bias_lr_scale > 0")
 
@@ -165,7 +166,7 @@ class LedConfig:
         names = ("dim", "loss", "num_negatives", "negative_sampling", "learning_rate", "batch_size",
                  "epochs", "max_steps", "eval_every", "patience", "lr_schedule", "warmup_share",
                  "bias_lr_scale", "keep_prob", "target_ratio", "seed", "init_scale", "max_timeline",
-                 "max_train_users")
+                 "max_train_users", "max_eval_users")
         values = {n: getattr(settings, n) for n in names}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -644,21 +645,20 @@ def svd_average(embeddings, counts: np.ndarray | None = None, with_bias: bool = 
 # --------------------------------------------------------------------------- the daily stage
 def fine_tune_window(embeddings, views, clicks, cfg: LedConfig,
                      progress: Callable[[str], None] | None = _log,
-                     train_users: np.ndarray | None = None,
-                     universe: np.ndarray | None = None) -> tuple[TrainedModel, TemporalSplit, dict]:
+                     sample: UserSample | None = None) -> tuple[TrainedModel, TemporalSplit, dict]:
     """The daily fine-tune stage on one window's events (arrow tables from ``infra.events.read_window``).
 
     Temporal protocol: trains on the days before the window's last day (a share
     of those users held out for early stopping), evaluates on the last day's
     clicks. ``embeddings`` must have been pre-trained without the last day
     (``models.data.evaluation_day``), so nothing of the evaluation day leaks.
-    ``train_users``: train on these users only (``max_train_users``, see ``models.pipeline``), the
-    tables then holding only some users' events and ``universe`` the whole window's items.
+    ``sample``: the users to train and evaluate on when the tables hold only some users' events
+    (``max_train_users`` / ``max_eval_users``, see ``models.pipeline.TrainingWindow``).
     Returns (model, split, metrics).
     """
     from models.data import split_validation, temporal_split
 
-    split = temporal_split(views, clicks, embeddings.item_ids, cfg.max_timeline, train_users, universe)
+    split = temporal_split(views, clicks, embeddings.item_ids, cfg.max_timeline, sample)
     if len(split.test) == 0:
         raise ValueError(f"no user clicked a known item on {split.eval_date} after earlier activity: "
                          "nothing to evaluate on")

@@ -128,16 +128,15 @@ def pretrain_stage(settings: "Settings", plan: WindowPlan, config: "PretrainConf
 # --------------------------------------------------------------------------- fine-tuning
 @dataclass(frozen=True)
 class TrainingWindow:
-    """The events a fine-tuning reads: with ``max_train_users`` only a stable sample of the users who
-    clicked in the training days (``models.data.sample_users``) plus, for an evaluated model, the users
-    who clicked on the evaluation day (the eval set needs their history) and the window's item universe.
-    The filter is applied while scanning the event store, so memory follows the sample, not the window
-    (docs/architecture.md, "Fine-tuning on a bounded sample of users")."""
+    """The events a fine-tuning reads. With ``max_train_users`` / ``max_eval_users``: only a stable
+    sample of the users who clicked in the training days and of those who clicked on the evaluation
+    day (``models.data.sample_users``), read with the filter applied while scanning the event store,
+    so memory and time follow the samples, not the window (docs/architecture.md, "Fine-tuning on a
+    bounded sample of users")."""
 
     views: object  # pyarrow.Table
     clicks: object
-    train_users: object = None  # numpy array of user ids; None = every user of the tables
-    universe: object = None  # numpy array of item ids; None = the tables' items
+    sample: object = None  # models.data.UserSample; None = every user of the window
     info: dict = field(default_factory=dict)
 
     @classmethod
@@ -145,23 +144,33 @@ class TrainingWindow:
         import numpy as np
         import pyarrow as pa
 
-        from models.data import sample_users, window_items
+        from models.data import UserSample, sample_users, window_items
 
         root, days = settings.events_dir, settings.window_days
-        if not config.max_train_users:
+        tail = (dt.date.fromisoformat(plan.run_date) - dt.date.fromisoformat(plan.train_end)).days
+        if not config.max_train_users and not (tail and config.max_eval_users):
             return cls(events.read_window(root, "views", plan.run_date, days),
                        events.read_window(root, "clicks", plan.run_date, days))
-        clickers = events.window_distinct(root, "clicks", plan.train_end, plan.train_days)
-        sample = sample_users(clickers.to_numpy(zero_copy_only=False), config.max_train_users, config.seed)
-        tail = (dt.date.fromisoformat(plan.run_date) - dt.date.fromisoformat(plan.train_end)).days
-        evaluated = events.window_distinct(root, "clicks", plan.run_date, tail).to_numpy(zero_copy_only=False)
-        users = pa.array(np.union1d(sample, evaluated).tolist(), pa.string())
+
+        def clickers(end: str, n_days: int, bound: int) -> tuple[np.ndarray, int]:
+            found = events.window_distinct(root, "clicks", end, n_days).to_numpy(zero_copy_only=False)
+            return sample_users(found, bound, config.seed), len(found)
+
+        train, n_train = clickers(plan.train_end, plan.train_days, config.max_train_users)
+        evaluated, n_eval = clickers(plan.run_date, tail, config.max_eval_users)  # tail 0 (refit): none
+        users = pa.array(np.union1d(train, evaluated).tolist(), pa.string())
         universe = window_items(*(pa.table({"item_id": events.window_distinct(root, kind, plan.run_date, days,
                                                                               "item_id")})
                                   for kind in ("views", "clicks")))
         return cls(events.read_window(root, "views", plan.run_date, days, users=users),
-                   events.read_window(root, "clicks", plan.run_date, days, users=users), sample, universe,
-                   {"clicking_users": len(clickers), "sampled_train_users": len(sample)})
+                   events.read_window(root, "clicks", plan.run_date, days, users=users),
+                   UserSample(train, evaluated, universe),
+                   {"clicking_users": n_train, "sampled_train_users": len(train),
+                    "eval_day_clickers": n_eval, "sampled_eval_users": len(evaluated)})
+
+    @property
+    def train_users(self):
+        return None if self.sample is None else self.sample.train_users
 
 
 GAIN_METRICS = ("ndcg@100", "recall@20")
@@ -230,8 +239,7 @@ def fine_tune_stage(settings: "Settings", plan: WindowPlan, pretrained: Pretrain
         emb = Embeddings.load(Path(pretrained.path))
         window = TrainingWindow.read(settings, plan, config)
         try:
-            model, split, metrics = fine_tune_window(emb, window.views, window.clicks, config,
-                                                     train_users=window.train_users, universe=window.universe)
+            model, split, metrics = fine_tune_window(emb, window.views, window.clicks, config, sample=window.sample)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         popularity = evaluate_popularity(dict(zip(model.item_ids.tolist(), model.counts.tolist())), split.test)
