@@ -64,9 +64,18 @@ def act_on_regression(settings: Settings, report: WatchReport) -> dict:
     related = [{**model_resource(settings, report.previous_version), "prefect.resource.role": "restored-version"}] \
         if report.previous_version else []
     emit_event(ROLLED_BACK_EVENT if report.status == ROLLED_BACK else ROLLBACK_FAILED_EVENT,
-               resource=model_resource(settings, report.model_version), related=related,
+               resource=model_resource(settings, report.model_version), related=related + _run_resources(),
                payload={**report.as_dict(), "registry": marked})
     return marked or {}
+
+
+def _run_resources() -> list[dict[str, str]]:
+    """The flow run and deployment this task runs in (what an automation on the deployment matches)."""
+    from prefect.runtime import deployment, flow_run
+
+    found = [("flow-run", flow_run.id), ("deployment", deployment.id)]
+    return [{"prefect.resource.id": f"prefect.{role}.{rid}", "prefect.resource.role": role}
+            for role, rid in found if rid]
 
 
 @task(name="watch", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("watch"))

@@ -108,7 +108,7 @@ def test_deployment_custom_run_through_worker(local_stack, world):
         dep = deployment(local_stack)
         assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
         schema = dep["parameter_openapi_schema"]
-        assert set(schema["properties"]) == {"run_date", "data", "pretrain", "fine_tune", "index", "gate", "push"}
+        assert set(schema["properties"]) == {"run_date", "data", "pretrain", "fine_tune", "index", "gate", "watch", "push"}
         assert schema["properties"]["run_date"]["format"] == "date"  # a date picker, no T/None toggle
         groups = schema["definitions"]
         assert {"dim", "min_count"} <= set(groups["PretrainParams"]["properties"])

@@ -184,27 +184,32 @@ def test_a_healthy_push_passes_the_watch(world, exports):
 @pytest.mark.stack
 @pytest.mark.slow
 def test_a_push_broken_for_serving_is_rolled_back_marked_and_announced(world, exports):
+    from prefect import flow
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from infra import registry
     from serving.storage import BlueGreenStore
-    from serving.watch import ServingRegression
-    from tasks.watch import ROLLED_BACK_EVENT, model_resource
+    from tasks.watch import ROLLED_BACK_EVENT, model_resource, watch_serving
+    from tests.prefect_api import api
 
     store = BlueGreenStore.from_settings(world)
     before = store.read_active()
     pushed, slot = _push(world, exports["broken-3"], "3")
     assert store.read_active().model_version == "3" and _champion(world) == "3"
-    with pytest.raises(ServingRegression) as raised:
-        _watch(world, pushed, slot)
-    report = raised.value.report
-    assert report.status == "rolled_back" and "quality canary" in str(raised.value), str(raised.value)
-    assert report.canary["ndcg"] < 0.5 * report.canary["previous_ndcg"]
+
+    @flow(name="rollback-test")
+    def push_then_watch():  # the daily flow's last stages, as a real flow run on the Prefect server
+        return watch_serving(world, pushed, slot)
+
+    with temporary_settings({PREFECT_API_URL: world.prefect_api_url}):
+        state = push_then_watch(return_state=True)
+    # The run failed, and says why.
+    assert state.is_failed() and "rolled back to" in state.message and "quality canary" in state.message, state
 
     # ACTIVE is back on the previous slot, and every worker serves the previous version again.
     active = store.read_active()
     assert (active.slot, active.model_version) == (before.slot, before.model_version)
-    assert report.serving_restored is True and _serves(world, before.model_version)
+    assert _serves(world, before.model_version)
 
     # MLflow: the version carries why, the champion alias is back.
     client = registry.connect(world)
@@ -216,13 +221,12 @@ def test_a_push_broken_for_serving_is_rolled_back_marked_and_announced(world, ex
     # The Prefect event an automation can match, read back from the API.
     resource = model_resource(world, "3")["prefect.resource.id"]
     query = {"filter": {"event": {"name": [ROLLED_BACK_EVENT]}, "resource": {"id": [resource]}}, "limit": 5}
-    with temporary_settings({PREFECT_API_URL: world.prefect_api_url}):
-        events = _until(lambda: _api(world, "/events/filter", query)["events"], timeout=30)
-    assert events[0]["payload"]["status"] == "rolled_back"
-    assert any(r["prefect.resource.role"] == "restored-version" for r in events[0]["related"])
-
-
-def _api(settings, path, body):
-    from tests.prefect_api import api
-
-    return api(settings, path, body)
+    events = _until(lambda: api(world, "/events/filter", query)["events"], timeout=30)
+    payload, related = events[0]["payload"], {r["prefect.resource.role"]: r for r in events[0]["related"]}
+    assert payload["status"] == "rolled_back" and payload["serving_restored"] is True
+    assert payload["canary"]["ndcg"] < 0.5 * payload["canary"]["previous_ndcg"]
+    assert related["restored-version"]["led.model.version"] == before.model_version
+    run_id = related["flow-run"]["prefect.resource.id"].removeprefix("prefect.flow-run.")
+    assert run_id == str(state.state_details.flow_run_id)
+    artifacts = api(world, "/artifacts/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+    assert "rolled back" in next(a for a in artifacts if a["key"] == "rollback-watch")["data"]
