@@ -55,18 +55,22 @@ def test_health_deltas_and_every_threshold_both_ways():
 
 # --- end to end -------------------------------------------------------------------------------------
 
-def _export(folder: Path, V, b, counts, ids, probes) -> Path:
+def _export(folder: Path, V, b, counts, ids, probes, own_ids: dict | None = None) -> Path:
+    """An export whose eval set holds the probes; its ANN-recall timelines are the probes' inputs, in
+    its own ids when ``own_ids`` renames them (the export is consistent, the traffic's ids are not)."""
     from models.export import EVAL_SET, save_model
 
     eval_set = {"name": "probes", "inputs": [p[0] for p in probes], "targets": [p[1] for p in probes]}
-    return save_model(folder, ids, V, b, counts, {"loss": "synthetic"}, [p[0] for p in probes],
+    timelines = [[(own_ids or {}).get(i, i) for i in p[0]] for p in probes]
+    return save_model(folder, ids, V, b, counts, {"loss": "synthetic"}, timelines,
                       files={EVAL_SET: json.dumps(eval_set)})
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> dict[str, Path]:
-    """good-1, good-2 (the same model, slightly perturbed) and broken-3 (good-1 with its ids permuted:
-    a valid, finite, perfectly indexable model whose scores mean nothing)."""
+    """good-1, good-2 (the same model, slightly perturbed), broken-3 (good-1 with its ids permuted: a
+    valid, finite, perfectly indexable model whose scores mean nothing) and renamed-4 (good-1 with its
+    ids in another format than the traffic's: every request falls back to popularity)."""
     from serving.synthetic import synthetic_arrays, synthetic_timelines
 
     root = tmp_path_factory.mktemp("exports")
@@ -78,12 +82,14 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     permuted = list(np.asarray(ids)[np.random.default_rng(6).permutation(len(ids))])
     return {"good-1": _export(root / "good-1", V, b, counts, ids, probes),
             "good-2": _export(root / "good-2", V + noise, b, counts, ids, probes),
-            "broken-3": _export(root / "broken-3", V, b, counts, permuted, probes)}
+            "broken-3": _export(root / "broken-3", V, b, counts, permuted, probes),
+            "renamed-4": _export(root / "renamed-4", V, b, counts, [f"sku{i}" for i in range(len(V))], probes,
+                                 {f"item{i}": f"sku{i}" for i in range(len(V))})}
 
 
 @pytest.fixture(scope="module")
 def world(local_stack, exports, tmp_path_factory):
-    """The three exports registered (versions 1, 2, 3 of a model of its own), good-1 pushed and champion,
+    """The exports registered (versions 1-4 of a model of its own), good-1 pushed and champion,
     and ``led serve`` (2 workers) following the store."""
     from models.registration import register_export
     from tests.test_bluegreen import _env
@@ -95,7 +101,7 @@ def world(local_stack, exports, tmp_path_factory):
         rollback_swap_timeout_seconds=30, rollback_probe_users=60, rollback_min_requests=20)
     versions = {name: register_export(settings, folder, "2026-01-10").model_version
                 for name, folder in exports.items()}
-    assert list(versions.values()) == ["1", "2", "3"]
+    assert list(versions.values()) == ["1", "2", "3", "4"]
     _push(settings, exports["good-1"], "1")
     server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", "0", "--workers", "2"],
                               cwd=ROOT, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -230,3 +236,20 @@ def test_a_push_broken_for_serving_is_rolled_back_marked_and_announced(world, ex
     assert run_id == str(state.state_details.flow_run_id)
     artifacts = api(world, "/artifacts/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
     assert "rolled back" in next(a for a in artifacts if a["key"] == "rollback-watch")["data"]
+
+
+@pytest.mark.stack
+@pytest.mark.slow
+def test_a_push_that_makes_serving_fall_back_is_rolled_back(world, exports):
+    from serving.storage import BlueGreenStore
+    from serving.watch import ServingRegression
+
+    before = BlueGreenStore.from_settings(world).read_active()
+    pushed, slot = _push(world, exports["renamed-4"], "4")
+    with pytest.raises(ServingRegression) as raised:
+        _watch(world, pushed, slot)
+    report = raised.value.report
+    assert report.status == "rolled_back" and report.health["fallback_share"] == 1.0, report.summary()
+    assert any("popularity fallbacks" in reason for reason in report.reasons), report.reasons
+    assert BlueGreenStore.from_settings(world).read_active().model_version == before.model_version
+    assert report.serving_restored and _champion(world) == before.model_version
