@@ -9,8 +9,6 @@ The first tests are the pure decision figures, no server.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +16,8 @@ import numpy as np
 import pytest
 
 from serving.watch import Canary, Health, Scrape, Thresholds, health_between, quantile_ms, regressions
+from tests.test_serving_outage import _serve, _stop, _until
 
-ROOT = Path(__file__).resolve().parents[1]
 LIMITS = Thresholds(max_error_rate=0.01, max_p99_ms=250, max_fallback_share=0.5, max_ndcg_drop=0.2,
                     min_requests=50)
 
@@ -92,7 +90,6 @@ def world(local_stack, exports, tmp_path_factory):
     """The exports registered (versions 1-4 of a model of its own), good-1 pushed and champion,
     and ``led serve`` (2 workers) following the store."""
     from models.registration import register_export
-    from tests.test_bluegreen import _env
 
     tag = f"rollback-{time.time_ns()}"
     settings = local_stack.with_overrides(
@@ -103,23 +100,13 @@ def world(local_stack, exports, tmp_path_factory):
                 for name, folder in exports.items()}
     assert list(versions.values()) == ["1", "2", "3", "4"]
     _push(settings, exports["good-1"], "1")
-    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", "0", "--workers", "2"],
-                              cwd=ROOT, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
+    server, port = _serve(settings)
     try:
-        line = server.stdout.readline()
-        assert line, "led serve printed no ready line"
-        port = int(json.loads(line)["listening"].rsplit(":", 1)[1])
         settings = settings.with_overrides(serving_url=f"http://127.0.0.1:{port}")
         _until(lambda: _serves(settings, "1"))
         yield settings
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop(server)
 
 
 def _push(settings, folder: Path, version: str):
@@ -142,18 +129,6 @@ def _serves(settings, version: str) -> bool:
     from serving.watch import scrape
 
     return scrape(settings.serving_url).serves_only(version)
-
-
-def _until(check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if got := check():
-                return got
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def _watch(settings, pushed, slot):
