@@ -284,6 +284,7 @@ class WatchReport:
     seconds: float = 0.0
     samples: int = 0
     thresholds: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def regressed(self) -> bool:
@@ -293,7 +294,8 @@ class WatchReport:
         head = {SKIPPED: "watch skipped", HEALTHY: f"version {self.model_version} healthy in serving",
                 ROLLED_BACK: f"version {self.model_version} rolled back to {self.previous_version}",
                 REGRESSED: f"version {self.model_version} regressed in serving and was NOT rolled back"}[self.status]
-        return f"{head}: {'; '.join(self.reasons)}" if self.reasons else head
+        said = self.reasons + self.notes
+        return f"{head}: {'; '.join(said)}" if said else head
 
     def as_dict(self) -> dict:
         return {**asdict(self), "summary": self.summary()}
@@ -309,6 +311,7 @@ class _Watch:
         self.version = str(pushed["model_version"])
         self.previous = pushed.get("previous_model_version")
         self.started = clock()
+        self.scrape_error = ""
         self.report = WatchReport(HEALTHY, [], self.version, self.previous, self.url,
                                   thresholds=asdict(self.limits))
 
@@ -316,27 +319,26 @@ class _Watch:
         try:
             served = (served_model(self.url).get("model") or {}).get("model_version")
         except (OSError, ValueError) as exc:
-            return self._finish(SKIPPED, f"no serving endpoint: {self.url} unreachable ({exc})")
+            return self._finish(SKIPPED, [f"no serving endpoint: {self.url} unreachable ({exc})"])
         if served not in (self.version, self.previous):
-            return self._finish(SKIPPED, f"serving at {self.url} serves version {served}, neither the pushed "
-                                         f"{self.version} nor the previous {self.previous}: it does not follow "
-                                         f"{self.store.url}")
+            return self._finish(SKIPPED, [f"serving at {self.url} serves version {served}, neither the pushed "
+                                          f"{self.version} nor the previous {self.previous}: it does not follow "
+                                          f"{self.store.url}"])
         previous_ndcg = self._previous_ndcg()
         if not self._wait_until_serving(self.version):
             return self._roll_back([f"serving did not swap to version {self.version} within "
                                     f"{self.settings.rollback_swap_timeout_seconds:g} s ({self._last_error()})"])
         live_since = self.clock()
-        baseline = scrape(self.url)
+        baseline = self._scrape()
+        if baseline is None:
+            return self._roll_back([f"serving at {self.url} stopped answering /metrics ({self.scrape_error})"])
         canary = self._canary(previous_ndcg)
-        health, failures = None, 0
+        health = None
         while True:
-            try:
-                health = health_between(baseline, scrape(self.url))
-                failures = 0
-            except (OSError, ValueError) as exc:
-                failures += 1
-                if failures >= MAX_SCRAPE_FAILURES:
-                    return self._roll_back([f"serving at {self.url} stopped answering /metrics ({exc})"])
+            after = self._scrape()
+            if after is None:
+                return self._roll_back([f"serving at {self.url} stopped answering /metrics ({self.scrape_error})"])
+            health = health_between(baseline, after)
             self.report.samples += 1
             self.report.health = health.as_dict() if health else None
             found = regressions(health, canary, self.limits)
@@ -347,11 +349,26 @@ class _Watch:
             self.sleep(self.settings.rollback_sample_seconds)
 
     # --- steps ------------------------------------------------------------------------------------
+    def _scrape(self) -> Scrape | None:
+        """A scrape, retried a few times one sample apart (a worker restarting); None when serving is gone."""
+        for attempt in range(MAX_SCRAPE_FAILURES):
+            try:
+                return scrape(self.url)
+            except (OSError, ValueError) as exc:
+                self.scrape_error = str(exc)
+                if attempt + 1 < MAX_SCRAPE_FAILURES:
+                    self.sleep(self.settings.rollback_sample_seconds)
+        return None
+
     def _previous_ndcg(self) -> float | None:
         slot = self.pushed.get("previous_slot")
         if slot is None or not self.probes:
             return None
-        return slot_ndcg(self.store, slot, self.probes)
+        try:
+            return slot_ndcg(self.store, slot, self.probes)
+        except Exception as exc:  # an unreadable previous slot only loses the comparison, the rollback says more
+            self.report.notes.append(f"no canary comparison: previous slot {slot} unreadable ({exc})")
+            return None
 
     def _canary(self, previous_ndcg: float | None) -> Canary | None:
         if not self.probes:
@@ -386,6 +403,8 @@ class _Watch:
             self.report.rollback = rollback(self.store, expect_slot=self.pushed["slot"])
         except StorageError as exc:
             return self._finish(REGRESSED, reasons + [f"rollback refused: {exc}"])
+        except Exception as exc:  # S3 unreachable: still a regression to report, not a crash of the watch
+            return self._finish(REGRESSED, reasons + [f"rollback failed: {type(exc).__name__}: {exc}"])
         restored = str(self.report.rollback["model_version"])
         self.report.previous_version = restored
         self.report.serving_restored = self._wait_until_serving(restored)
