@@ -40,8 +40,8 @@ from tasks.refit import refit_led, ship_refit_model
 from tasks.register import register_model
 from tasks.report import publish_report
 from tasks.validate import validate_events
-from tasks.watch import watch_serving
 from tasks.vocabulary import plan_run_window
+from tasks.watch import watch_serving
 
 
 def _today() -> dt.date:

@@ -5,9 +5,9 @@ Design (docs/architecture.md, "Registry and gate")
 - **One registered model** (``settings.mlflow_model_name``). Every training logs
   one run in ``settings.mlflow_experiment`` and one model version; the new
   version always gets alias ``challenger``. Alias ``champion`` is what
-  production serves; only the gate (``models.gate``) or an explicit
-  :func:`promote` moves it, and the version it replaced gets
-  ``previous_champion`` (rollback target).
+  production serves; only the gate (``models.gate``), an explicit
+  :func:`promote` or a serving rollback (:func:`mark_rolled_back`) moves it,
+  and the version it replaced gets ``previous_champion`` (rollback target).
 - This module knows MLflow, not LED: what a model is, how it is scored and
   when it deserves promotion live in ``models/`` (``models.registration``
   logs an export through :func:`log_run`; ``models.gate`` decides). It imports

@@ -59,7 +59,8 @@ def act_on_regression(settings: Settings, report: WatchReport) -> dict:
     reason = "; ".join(report.reasons)
     marked = None
     if report.status == ROLLED_BACK:
-        figures = {f"rollback/canary_{k}": v for k, v in (report.canary or {}).items() if k in ("ndcg", "previous_ndcg")}
+        figures = {f"rollback/canary_{k}": v for k, v in (report.canary or {}).items()
+                   if k in ("ndcg", "previous_ndcg", "drop")}
         marked = registry.mark_rolled_back(settings, report.model_version, reason, report.previous_version, figures)
     related = [{**model_resource(settings, report.previous_version), "prefect.resource.role": "restored-version"}] \
         if report.previous_version else []
@@ -81,7 +82,9 @@ def _run_resources() -> list[dict[str, str]]:
 @task(name="watch", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("watch"))
 def watch_serving(settings: Settings, pushed: dict | None, slot: SlotBuild) -> dict:
     """Skipped without a serving endpoint; raises ``ServingRegression`` (the run fails) after a rollback."""
-    probes = canary_probes(Path(slot.files["item_ids.npy"]).parent, settings.rollback_probe_users, settings.seed)
+    watching = settings.serving_url and settings.rollback_watch_seconds > 0
+    probes = canary_probes(Path(slot.files["item_ids.npy"]).parent, settings.rollback_probe_users,
+                           settings.seed) if watching else []
     report = watch_push(settings, BlueGreenStore.from_settings(settings), pushed, probes)
     marked = act_on_regression(settings, report) if report.regressed else None
     create_markdown_artifact(key="rollback-watch", markdown=_report_md(report, marked),
