@@ -1,7 +1,7 @@
 """The daily LED flow: one run per date D, on the events of [D-W, D) (docs/architecture.md, "One daily run").
 
     validate → vocabulary → pretrain → fine-tune → register → index → evaluate & gate
-        → [promoted] refit on the whole window → register → index → ship → push → report
+        → [promoted] refit on the whole window → register → index → ship → push → watch → report
 
 The index is built before the gate so the gate's sanity checks include its
 measured ANN recall; the gate evaluates challenger and champion on the same
@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.params import (DataParams, FineTuneParams, GateParams, IndexParams, PretrainParams, RunDate,
-                          settings_for_run)
+                          WatchParams, settings_for_run)
 from infra.registry import RunInfo
 from infra.resources import PeakRss
 from models.gate import GateDecision
@@ -42,6 +42,7 @@ from tasks.register import register_model
 from tasks.report import publish_report
 from tasks.validate import validate_events
 from tasks.vocabulary import plan_run_window
+from tasks.watch import watch_serving
 
 
 def _today() -> dt.date:
@@ -78,6 +79,7 @@ def daily(
     fine_tune: FineTuneParams = FineTuneParams(),
     index: IndexParams = IndexParams(),
     gate: GateParams = GateParams(),
+    watch: WatchParams = WatchParams(),
     push: bool = True,
 ) -> dict:
     """Retrain LED for one day and ship it if it beats production.
@@ -89,10 +91,11 @@ def daily(
         fine_tune: Fine-tuning knobs: loss, negatives, learning rate, batch size, epochs, keep_prob.
         index: Annoy index knobs: trees and search_k.
         gate: Champion/challenger gate tolerance; whether a promoted model is refit on the whole window.
+        watch: Serving health watch after the push: endpoint, period, rollback thresholds.
         push: Push a promoted model to serving (false: train, register and gate only).
     """
     log = get_run_logger()
-    settings = settings_for_run(data, pretrain, fine_tune, index, gate)
+    settings = settings_for_run(data, pretrain, fine_tune, index, gate, watch)
     run_date = (run_date or _today()).isoformat()
     clock = _Stopwatch()
 
@@ -112,6 +115,7 @@ def daily(
                  "; ".join(shipped.decision.reasons))
     live = shipped.slot if shipped and shipped.decision.promoted else slot
     pushed = clock.run("push", push_model, settings, live) if decision.promoted and push else None
+    watched = clock.run("watch", watch_serving, settings, pushed, live) if pushed else None
     publish_report(settings, plan, validation, pretrained, trained, registered, slot, decision, pushed, dict(clock),
                    shipped.decision if shipped else None)
     return {
@@ -128,6 +132,7 @@ def daily(
         "pushed_version": live.model_version if pushed else None,
         "evaluated_model_dir": trained.model_dir,
         "pushed_model_dir": str(live.files["item_ids.npy"].parent) if pushed else None,
+        "serving_watch": watched["summary"] if watched else None,
     }
 
 

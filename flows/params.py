@@ -27,8 +27,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
                   "init_scale", "keep_prob", "max_train_users"),
     "index": ("n_trees", "search_k"),
     "gate": ("gate_tolerance", "refit_whole_window", "max_eval_users"),
+    "watch": ("serving_url", "rollback_watch_seconds", "rollback_max_error_rate", "rollback_max_p99_ms",
+              "rollback_max_fallback_share", "rollback_max_ndcg_drop"),
 }
-TITLES = {"data": "Data", "pretrain": "Pretrain", "fine_tune": "FineTune", "index": "Index", "gate": "Gate"}
+TITLES = {"data": "Data", "pretrain": "Pretrain", "fine_tune": "FineTune", "index": "Index", "gate": "Gate",
+          "watch": "Watch"}
 
 
 def optional(annotation: Any) -> Any:
@@ -71,6 +74,7 @@ PretrainParams = _group("pretrain")
 FineTuneParams = _group("fine_tune")
 IndexParams = _group("index")
 GateParams = _group("gate")
+WatchParams = _group("watch")
 
 
 def settings_for_run(*groups: BaseModel) -> Settings:

@@ -8,7 +8,7 @@ from infra.settings import get_settings
 
 RESULT_KEYS = ("model_version", "promoted", "pushed_slot", "ndcg@100", "recall@20", "recall@50",
                "ann_recall", "champion_ndcg@100", "reasons", "run_id", "seconds", "refit_version",
-               "refit_shipped", "pushed_version", "pushed_model_dir", "evaluated_model_dir")
+               "refit_shipped", "pushed_version", "pushed_model_dir", "evaluated_model_dir", "serving_watch")
 
 
 def flow_parameters() -> dict[str, tuple[str, Any]]:

@@ -5,9 +5,9 @@ Design (docs/architecture.md, "Registry and gate")
 - **One registered model** (``settings.mlflow_model_name``). Every training logs
   one run in ``settings.mlflow_experiment`` and one model version; the new
   version always gets alias ``challenger``. Alias ``champion`` is what
-  production serves; only the gate (``models.gate``) or an explicit
-  :func:`promote` moves it, and the version it replaced gets
-  ``previous_champion`` (rollback target).
+  production serves; only the gate (``models.gate``), an explicit
+  :func:`promote` or a serving rollback (:func:`mark_rolled_back`) moves it,
+  and the version it replaced gets ``previous_champion`` (rollback target).
 - This module knows MLflow, not LED: what a model is, how it is scored and
   when it deserves promotion live in ``models/`` (``models.registration``
   logs an export through :func:`log_run`; ``models.gate`` decides). It imports
@@ -560,6 +560,44 @@ def promote(settings: "Settings", version: str | int, reason: str, model_name: s
     move_champion(client, name, str(version), champion_version(client, name))
     record_decision(client, name, str(version), mv.run_id,
                     {DECISION_TAG: "promoted-manually", REASONS_TAG: reason}, {})
+
+
+ROLLED_BACK_TAG = "rolled_back"  # on a version serving rolled back: why (docs/architecture.md, "Automatic rollback")
+RESTORED_TAG = "rolled_back.restored_version"
+
+
+def mark_rolled_back(settings: "Settings", version: str, reason: str, restored: str | None,
+                     metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """Record that serving rolled ``version`` back to ``restored``: tag ``rolled_back=<reason>`` on the
+    version and its run (plus the description), figures as run metrics, and ``champion`` moved back to
+    ``restored`` when it still names ``version`` (a ``previous_champion`` alias on ``restored`` is
+    dropped: it is the champion again). Returns what was changed; a version the registry does not know
+    (an unregistered push, ``sha-...``) changes nothing."""
+    from mlflow.exceptions import MlflowException
+
+    client = connect(settings)
+    name = settings.mlflow_model_name
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException:
+        return {"marked": False, "why": f"version {version} is not in the registry {name!r}"}
+    tags = {ROLLED_BACK_TAG: reason[:5000], RESTORED_TAG: str(restored or "none")}
+    record_decision(client, name, str(version), mv.run_id, tags, metrics or {})
+    client.update_model_version(name, str(version),
+                                description=f"ROLLED BACK in serving: {reason}\n\n{mv.description or ''}"[:5000])
+    out: dict[str, Any] = {"marked": True, "version": str(version), "champion_moved": False}
+    aliases = client.get_registered_model(name).aliases or {}
+    if restored is not None and str(aliases.get(CHAMPION)) == str(version):
+        try:
+            client.get_model_version(name, str(restored))
+        except MlflowException:
+            return out | {"why": f"restored version {restored} is not in the registry: champion left as is"}
+        client.set_registered_model_alias(name, CHAMPION, str(restored))
+        if str(aliases.get(PREVIOUS)) == str(restored):
+            client.delete_registered_model_alias(name, PREVIOUS)
+        out["champion_moved"] = True
+    out["champion"] = str(restored) if out["champion_moved"] else aliases.get(CHAMPION)
+    return out
 
 
 # --------------------------------------------------------------------------- comparison

@@ -190,6 +190,28 @@ class Settings(BaseSettings):
     serve_max_exclude: int = Field(10_000, ge=0, description="most ids in a /recommend \"exclude\" list")
     serve_max_candidates: int = Field(10_000, ge=0, description="most ids in a /recommend \"candidates\" list")
 
+    # --- automatic rollback after a swap (docs/architecture.md, "Automatic rollback") ---------
+    serving_url: str | None = Field(None, description="Base URL of the serving processes the post-push watch "
+                                    "reads (/model, /metrics, /recommend), e.g. http://127.0.0.1:8080; empty: "
+                                    "the watch is skipped.")
+    rollback_watch_seconds: float = Field(300, ge=0, description="How long the serving health is watched "
+                                          "after the new version is live; 0 = no watch.")
+    rollback_swap_timeout_seconds: float = Field(120, gt=0, description="Time every serving worker has to "
+                                                 "load the pushed version (polling + download + load).")
+    rollback_sample_seconds: float = Field(5, gt=0, description="Seconds between two /metrics samples.")
+    rollback_max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of /recommend answered 5xx.")
+    rollback_max_p99_ms: float = Field(250, gt=0, description="p99 /recommend handling time in the server "
+                                       "(benchmarks/README.md: client-side p99 1.8-5.4 ms on quiet cores, "
+                                       "148 ms during a swap at load 10.8).")
+    rollback_max_fallback_share: float = Field(0.5, ge=0, le=1, description="Share of answers that fell "
+                                               "back to popularity (no known item in the request).")
+    rollback_max_ndcg_drop: float = Field(0.2, ge=0, le=1, description="Relative drop of the canary's "
+                                          "NDCG@100 against the previous model's on the same probes.")
+    rollback_min_requests: int = Field(50, ge=1, description="/recommend requests needed before the error, "
+                                       "latency and fallback ratios are judged (the canary's count).")
+    rollback_probe_users: int = Field(200, ge=0, description="Users of the pushed model's eval set sent as "
+                                      "the canary's probes (drawn by seed); 0 = no canary.")
+
     # --- operations: Prefect timeouts, notifications, result storage; Spark UI -----------------
     # A hung Spark or TensorFlow job must fail its stage, not hang the day: each stage task has a
     # timeout (Prefect's timeout_seconds), read when the task module is imported (the worker
@@ -203,6 +225,7 @@ class Settings(BaseSettings):
     index_timeout_seconds: float = Field(3600, gt=0, description="Annoy index stage timeout.")
     gate_timeout_seconds: float = Field(1800, gt=0, description="Evaluate-and-gate stage timeout.")
     push_timeout_seconds: float = Field(1800, gt=0, description="S3 push stage timeout.")
+    watch_timeout_seconds: float = Field(1800, gt=0, description="Post-push serving watch stage timeout.")
     report_timeout_seconds: float = Field(300, gt=0, description="Report stage timeout.")
     notify_webhook_url: str | None = Field(
         None, description="`led deploy` creates a Prefect webhook notification block with this URL and an "
@@ -216,7 +239,7 @@ class Settings(BaseSettings):
     spark_ui_enabled: bool = Field(False, description="Start the Spark web UI (on spark_ui_port).")
     spark_ui_port: int = Field(4040, ge=1, le=65535)
 
-    @field_validator("notify_webhook_url", "result_storage_url", mode="before")
+    @field_validator("notify_webhook_url", "result_storage_url", "serving_url", mode="before")
     @classmethod
     def _blank_is_none(cls, v: Any) -> Any:
         return v or None

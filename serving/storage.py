@@ -416,11 +416,15 @@ def push_slot(store: BlueGreenStore, files: dict[str, Path], manifest: dict,
             "store": store.url, "seconds": round(time.time() - started, 3)}
 
 
-def rollback(store: BlueGreenStore) -> dict:
-    """Point ACTIVE at the other slot if it holds a complete, verified model."""
+def rollback(store: BlueGreenStore, expect_slot: str | None = None) -> dict:
+    """Point ACTIVE at the other slot if it holds a complete, verified model. ``expect_slot``: refuse
+    unless ACTIVE still names that slot (the post-push watch must not undo a later push)."""
     current = store.read_active()
     if current is None:
         raise StorageError(f"nothing to roll back: no ACTIVE in {store.url}")
+    if expect_slot is not None and current.slot != expect_slot:
+        raise StorageError(f"ACTIVE moved to {current.slot} ({current.model_version}) since the push to "
+                           f"{expect_slot}: not rolling back")
     target = other_slot(current.slot)
     try:
         manifest = store.verify_slot(target)

@@ -39,6 +39,7 @@ def test_run_then_rerun_is_cached_and_replaces_cleanly(local_stack, world):
     assert code == 0, log[-3000:]
     assert first["state"] == "COMPLETED" and first["promoted"] and first["pushed_slot"] in ("blue", "green")
     assert 0 < first["ndcg@100"] <= 1 and first["model_version"]
+    assert first["serving_watch"].startswith("watch skipped: no serving endpoint")  # no LED_SERVING_URL here
     # the freshest day ships: the refit on the whole window is what is pushed, and it knows the items
     # the evaluated model could not (first seen on the evaluation day)
     assert first["refit_shipped"] and first["pushed_version"] == first["refit_version"] != first["model_version"]
@@ -108,7 +109,7 @@ def test_deployment_custom_run_through_worker(local_stack, world):
         dep = deployment(local_stack)
         assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
         schema = dep["parameter_openapi_schema"]
-        assert set(schema["properties"]) == {"run_date", "data", "pretrain", "fine_tune", "index", "gate", "push"}
+        assert set(schema["properties"]) == {"run_date", "data", "pretrain", "fine_tune", "index", "gate", "watch", "push"}
         assert schema["properties"]["run_date"]["format"] == "date"  # a date picker, no T/None toggle
         groups = schema["definitions"]
         assert {"dim", "min_count"} <= set(groups["PretrainParams"]["properties"])
