@@ -68,6 +68,7 @@ class FoldinConfig:
 @dataclass
 class FoldinResult:
     model: ExportedModel           # the live trained items plus the folded-in ones (export format)
+    base: ExportedModel            # the trained model it enlarges (the sanity checks' reference)
     items: list[str]               # folded-in item ids, in the order appended
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -84,8 +85,8 @@ def trained_base(live: ExportedModel, emb: Embeddings) -> ExportedModel:
 def user_timelines(views: pa.Table, item_ids: np.ndarray, max_timeline: int) -> sp.csr_matrix:
     """Users × items 0/1 matrix of the capped timelines (most recent ``max_timeline`` distinct items)."""
     user = pc.dictionary_encode(views.column("user_id")).combine_chunks().indices.to_numpy()
-    item = pc.index_in(views.column("item_id"), value_set=pa.array(item_ids, pa.string()))
-    item = item.to_numpy(zero_copy_only=False).astype(np.int64)
+    item = pc.fill_null(pc.index_in(views.column("item_id"), value_set=pa.array(item_ids, pa.string())), -1)
+    item = item.to_numpy().astype(np.int64)
     key = views.column("ts").cast(pa.int64()).to_numpy()
     known = item >= 0
     length, flat, _ = capped_timelines(user[known], item[known].astype(np.int32), key[known], max_timeline)
@@ -104,9 +105,8 @@ def cooccurrence_with_embedded(views: pa.Table, embedded: np.ndarray, max_timeli
     n = len(embedded)
     C = (X[:, n:].T @ X[:, :n]).tocsr()
     C.data = np.rint(C.data)
-    counts = np.asarray(pc.value_counts(views.column("item_id")).field("counts"))
-    names = np.asarray(pc.value_counts(views.column("item_id")).field("values"), dtype=str)
-    views_of = dict(zip(names, counts))
+    tally = pc.value_counts(views.column("item_id"))
+    views_of = dict(zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist()))
     return new, C, np.array([views_of.get(i, 0) for i in new], np.int64), X
 
 
@@ -173,7 +173,7 @@ def fold_in(live: ExportedModel, emb: Embeddings, views: pa.Table, cfg: FoldinCo
         np.concatenate([base.b, fold_in_bias(base, window_counts)]).astype(np.float32),
         np.concatenate([base.counts, window_counts]), dict(base.card),
         recent_timelines(X, catalog, EVAL_TIMELINES, cfg.seed))
-    return FoldinResult(model, ids.tolist(), stats)
+    return FoldinResult(model, base, ids.tolist(), stats)
 
 
 def foldin_card(base_card: dict, result: FoldinResult, source_version: str, views_start: dt.date,
