@@ -41,7 +41,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from data_sources.synthetic import WorldConfig, generate  # noqa: E402
 from infra import events  # noqa: E402
 from models.export import ExportedModel  # noqa: E402
-from models.foldin import FoldinConfig, fold_in  # noqa: E402
+from models.foldin import fold_in  # noqa: E402
 from models.led import initial_bias  # noqa: E402
 from models.pretrain import Embeddings, PretrainConfig, pretrain_window  # noqa: E402
 from models.scoring import top_k  # noqa: E402
@@ -143,7 +143,7 @@ def measure_day(spark, world: Path, t: dt.date, window: int, cfg: PretrainConfig
     live = svd_average(live_emb)
     t0 = time.perf_counter()
     result = fold_in(live, live_emb, events.read_window(world, "views", t + dt.timedelta(days=1), 1),
-                     FoldinConfig(cfg.min_count, cfg.smoothing, cfg.max_timeline), days_since=1, train_days=window)
+                     cfg, days_since=1, train_days=window)
     foldin_s = time.perf_counter() - t0
     retrain = svd_average(retrain_emb)
     next_day = t + dt.timedelta(days=1)

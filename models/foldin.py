@@ -45,7 +45,7 @@ import scipy.sparse as sp
 from models.export import ExportedModel
 from models.led import initial_bias
 from models.pmi import capped_timelines, log_normaliser, ppmi_values
-from models.pretrain import Embeddings, row_normalise
+from models.pretrain import Embeddings, PretrainConfig, row_normalise
 from models.refit import projection_from_export, shared_rows
 
 FOLDIN_OF_TAG = "foldin_of"  # on a fold-in's registered version: the trained version it enlarges
@@ -55,14 +55,6 @@ EVAL_TIMELINES = 2000  # recent timelines kept with the enlarged export for the 
 
 class FoldinError(ValueError):
     """The inputs cannot be folded in (pre-training without W, no embedded item in the live model...)."""
-
-
-@dataclass(frozen=True)
-class FoldinConfig:
-    min_count: int = 5
-    smoothing: float = 0.75
-    max_timeline: int = 200
-    seed: int = 42
 
 
 @dataclass
@@ -148,9 +140,10 @@ def recent_timelines(X: sp.csr_matrix, catalog: np.ndarray, limit: int, seed: in
     return [catalog[X.indices[X.indptr[u]:X.indptr[u + 1]]].tolist() for u in users]
 
 
-def fold_in(live: ExportedModel, emb: Embeddings, views: pa.Table, cfg: FoldinConfig,
+def fold_in(live: ExportedModel, emb: Embeddings, views: pa.Table, cfg: PretrainConfig,
             days_since: int, train_days: int) -> FoldinResult:
-    """The live model enlarged with the new items of ``views`` (the days since its pre-training)."""
+    """The live model enlarged with the new items of ``views`` (the days since its pre-training);
+    ``cfg``: the pre-training's knobs (min_count, smoothing, max_timeline, seed), the same rules."""
     if days_since < 1 or train_days < 1:
         raise FoldinError(f"days_since={days_since} and train_days={train_days} must be >= 1")
     base = trained_base(live, emb)
@@ -177,7 +170,7 @@ def fold_in(live: ExportedModel, emb: Embeddings, views: pa.Table, cfg: FoldinCo
 
 
 def foldin_card(base_card: dict, result: FoldinResult, source_version: str, views_start: dt.date,
-                views_end: dt.date, cfg: FoldinConfig) -> dict:
+                views_end: dt.date, cfg: PretrainConfig) -> dict:
     """The enlarged model's card: the trained model's, plus what was folded in, from what, when."""
     return {k: v for k, v in base_card.items() if k not in ("foldin", "model_version")} | {
         "items": len(result.model.item_ids),

@@ -12,8 +12,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +20,15 @@ import pytest
 
 from infra import events
 from models.export import ExportedModel, load_model
-from models.foldin import FoldinConfig, fold_in, fold_in_embeddings, user_timelines
+from models.foldin import fold_in, fold_in_embeddings, user_timelines
 from models.led import initial_bias
 from models.pretrain import Embeddings, PretrainConfig, pretrain_window
 from tests.cli_runner import ROOT, led
-from tests.http_client import post_recommend
+from tests.http_client import post_recommend, wait_for_version
 
 START = dt.date(2026, 1, 1)
 TRAIN_DAYS = 6
-CFG = FoldinConfig(min_count=5, smoothing=0.75, max_timeline=200)
+CFG = PretrainConfig(dim=16, min_count=5)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,7 @@ def churning_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pretrained(spark, churning_world) -> Embeddings:
     return pretrain_window(spark, churning_world, START + dt.timedelta(days=TRAIN_DAYS), TRAIN_DAYS,
-                           PretrainConfig(dim=16, min_count=5))
+                           CFG)
 
 
 def _topics(world: Path) -> dict[str, int]:
@@ -149,7 +147,7 @@ def test_foldin_pushes_new_items_served_then_replaced_by_the_next_run(local_stac
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         port = int(json.loads(proc.stdout.readline())["listening"].rsplit(":", 1)[1])
-        _wait_for_version(port, res["model_version"])
+        wait_for_version(port, res["model_version"], timeout=60)
         # timelines whose exact top-20 holds a folded-in item: the service recommends it too
         asked = served = 0
         for timeline in folded.eval_timelines:
@@ -167,21 +165,7 @@ def test_foldin_pushes_new_items_served_then_replaced_by_the_next_run(local_stac
 
         code, nxt, log = led("run", "--events", world, "--date", (D + dt.timedelta(days=1)).isoformat(), *FAST)
         assert code == 0 and nxt["promoted"] and nxt["pushed_version"], log[-3000:]
-        _wait_for_version(port, nxt["pushed_version"])
+        wait_for_version(port, nxt["pushed_version"], timeout=60)
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _wait_for_version(port: int, version: str, timeout: float = 60) -> None:
-    deadline, model = time.time() + timeout, None
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=10) as resp:
-                model = json.loads(resp.read()).get("model")
-            if model and model["model_version"] == version:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"led serve did not load model {version}: {model!r}")

@@ -121,12 +121,13 @@ def _pretraining(settings, live, version: str):
 
 def _compute(settings, live, emb, start: dt.date, end: dt.date, day: dt.date, log):
     from infra import events
-    from models.foldin import FoldinConfig, fold_in
+    from models.foldin import fold_in
+    from models.pretrain import PretrainConfig
 
     days = (day - end).days
     views = events.require_window(settings.events_dir, "views", day, days)
     log(f"[foldin] views of [{end}, {day}): {views.num_rows} rows over {days} day(s)")
-    cfg = FoldinConfig(settings.min_count, settings.pmi_smoothing, settings.max_timeline, settings.seed)
+    cfg = PretrainConfig.from_settings(settings)
     result = fold_in(live, emb, views, cfg, days_since=days, train_days=(end - start).days)
     s = result.stats
     log(f"[foldin] {s['new_items_seen']} new item(s) seen: {s['folded_in']} folded in, "
