@@ -142,6 +142,8 @@ def test_foldin_pushes_new_items_served_then_replaced_by_the_next_run(local_stac
     new_items = set(folded.card["foldin"]["items"])
     live_before = set(np.load(Path(daily["pushed_model_dir"]) / "item_ids.npy").astype(str))
     assert len(new_items) == res["folded_in"] and not new_items & live_before
+    code, again, log = led("foldin", "--events", world, "--date", (D + dt.timedelta(days=1)).isoformat())
+    assert code == 0 and again["already_live"] and again["model_version"] == res["model_version"], log[-2000:]
 
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

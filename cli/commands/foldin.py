@@ -54,6 +54,7 @@ def run(args) -> int:
 def _fold_in(settings, day: dt.date, emit, log) -> int:
     import shutil
 
+    from infra import events
     from models.export import save_model
     from serving.storage import BlueGreenStore
 
@@ -64,7 +65,10 @@ def _fold_in(settings, day: dt.date, emit, log) -> int:
     emb, start, end = _pretraining(settings, live, active.model_version)
     if day <= end:
         return _nothing(emit, log, day, active, f"D={day} is not after the pre-training's last day {end}")
-    result, cfg = _compute(settings, live, emb, start, end, day, log)
+    views = events.read_window(settings.events_dir, "views", day, (day - end).days)
+    if views.num_rows == 0:
+        return _nothing(emit, log, day, active, f"no views in [{end}, {day})")
+    result, cfg = _compute(settings, live, emb, views, start, end, day, log)
     if not result.items:
         return _nothing(emit, log, day, active, f"no new item has {cfg.min_count}+ co-occurrences "
                         f"with embedded items in [{end}, {day})", result.stats)
@@ -119,13 +123,11 @@ def _pretraining(settings, live, version: str):
     return emb, dt.date.fromisoformat(pre["start"]), dt.date.fromisoformat(pre["end"])
 
 
-def _compute(settings, live, emb, start: dt.date, end: dt.date, day: dt.date, log):
-    from infra import events
+def _compute(settings, live, emb, views, start: dt.date, end: dt.date, day: dt.date, log):
     from models.foldin import fold_in
     from models.pretrain import PretrainConfig
 
     days = (day - end).days
-    views = events.require_window(settings.events_dir, "views", day, days)
     log(f"[foldin] views of [{end}, {day}): {views.num_rows} rows over {days} day(s)")
     cfg = PretrainConfig.from_settings(settings)
     result = fold_in(live, emb, views, cfg, days_since=days, train_days=(end - start).days)
@@ -142,33 +144,50 @@ def _nothing(emit, log, day, active, reason: str, stats: dict | None = None) -> 
     return 0
 
 
+def _register(settings, model_dir: Path, day: dt.date, source: str, folded: int):
+    """The enlarged model's MLflow version (reused for byte-identical arrays), tagged ``foldin_of``."""
+    from models.foldin import FOLDIN_OF_TAG
+    from models.registration import find_registered, register_export
+
+    return find_registered(settings, model_dir, day) or register_export(
+        settings, model_dir, day, params={"foldin_items": folded}, tags={FOLDIN_OF_TAG: source})
+
+
+def _checks(settings, registered, slot, result) -> tuple[list[str], list[str]]:
+    """The gate's sanity checks against the trained model (no comparison of trainings), recorded on
+    the version like a gate decision."""
+    from infra import registry
+    from models.gate import sanity_checks
+
+    failed, passed = sanity_checks(settings, result.model, result.base, slot.ann_recall, name="fold-in")
+    client = registry.connect(settings)
+    client.log_metric(registered.run_id, "ann_recall", slot.ann_recall)
+    registry.record_decision(client, settings.mlflow_model_name, registered.model_version, registered.run_id,
+                             {registry.DECISION_TAG: "rejected" if failed else "folded-in",
+                              registry.REASONS_TAG: " | ".join(failed or passed)}, {})
+    return failed, passed
+
+
 def _publish(settings, store, active, model_dir: Path, source: str, day: dt.date, result, emit, log) -> int:
     """Register, index (recall floor), sanity-check and push the enlarged model."""
     import tempfile
 
-    from infra import registry
-    from models.foldin import FOLDIN_OF_TAG
-    from models.gate import sanity_checks
-    from models.registration import find_registered, register_export
     from serving.publish import build_slot_files
     from serving.storage import push_slot
 
-    registered = find_registered(settings, model_dir, day) or register_export(
-        settings, model_dir, day, params={"foldin_items": len(result.items)}, tags={FOLDIN_OF_TAG: source})
+    registered = _register(settings, model_dir, day, source, len(result.items))
     log(f"[foldin] registered version {registered.model_version} (fold-in of {source})")
+    summary = {"date": day.isoformat(), "model_version": registered.model_version, "foldin_of": source,
+               "folded_in": len(result.items), "items": len(result.model.item_ids), **result.stats}
+    if active.model_version == registered.model_version:  # a rerun of a fold-in that is live already
+        log(f"[foldin] version {registered.model_version} is already live in slot {active.slot}")
+        emit({"pushed": False, "already_live": True, **summary})
+        return 0
     with tempfile.TemporaryDirectory(prefix="led-foldin-") as tmp:
         slot = build_slot_files(model_dir, Path(tmp), settings.n_trees, settings.search_k,
                                 settings.min_ann_recall, settings.seed, model_version=registered.model_version)
-        failed, passed = sanity_checks(settings, result.model, result.base,
-                                       slot.ann_recall, name="fold-in")
-        client = registry.connect(settings)
-        client.log_metric(registered.run_id, "ann_recall", slot.ann_recall)
-        registry.record_decision(client, settings.mlflow_model_name, registered.model_version, registered.run_id,
-                                 {registry.DECISION_TAG: "rejected" if failed else "folded-in",
-                                  registry.REASONS_TAG: " | ".join(failed or passed)}, {})
-        summary = {"date": day.isoformat(), "model_version": registered.model_version, "foldin_of": source,
-                   "folded_in": len(result.items), "items": len(result.model.item_ids),
-                   "ann_recall": slot.ann_recall, "reasons": failed or passed, **result.stats}
+        failed, passed = _checks(settings, registered, slot, result)
+        summary |= {"ann_recall": slot.ann_recall, "reasons": failed or passed}
         if failed:
             log(f"[foldin] refused: {'; '.join(failed)}")
             emit({"pushed": False, **summary})
