@@ -104,6 +104,13 @@ class Pretrained:
     timings: dict = field(default_factory=dict)
 
 
+def pretrain_card(pretrained: Pretrained, plan: WindowPlan) -> dict:
+    """The model card's pre-training entry: its figures, its folder and the days of views it saw
+    ([start, end)): what a fold-in of new items starts from (docs/architecture.md, "Fold-in of new items")."""
+    return {"explained_variance": pretrained.explained_variance, "timings": pretrained.timings,
+            "path": pretrained.path, "start": plan.start, "end": plan.train_end}
+
+
 def pretrain_stage(settings: "Settings", plan: WindowPlan, config: "PretrainConfig") -> Pretrained:
     """PMI + randomized SVD (Spark) on the training days' views of the vocabulary items."""
     from models.pretrain import Embeddings, pretrain, read_window_views
@@ -248,8 +255,7 @@ def fine_tune_stage(settings: "Settings", plan: WindowPlan, pretrained: Pretrain
                   "window_days": settings.window_days, "views": plan.views} | split.info | window.info
         model.export(model_dir, metrics=metrics, data_window=window, eval_set=split.test,
                      extra={"baselines": {"popularity": popularity, "initialisation": initial},
-                            "pretrain": {"explained_variance": pretrained.explained_variance,
-                                         "timings": pretrained.timings}})
+                            "pretrain": pretrain_card(pretrained, plan)})
     return Trained.from_export(model_dir)
 
 
@@ -291,6 +297,5 @@ def refit_stage(settings: "Settings", whole: WindowPlan, pretrained: Pretrained,
             "eval_date": whole.eval_day, "window_days": settings.window_days, "views": whole.views} | window.info
     model.export(model_dir, metrics={}, data_window=info, eval_set=load_eval_set(Path(evaluated.eval_set)),
                  extra={"refit": alignment | {"refit_of": evaluated.model_dir, "steps": steps},
-                        "pretrain": {"explained_variance": pretrained.explained_variance,
-                                     "timings": pretrained.timings}})
+                        "pretrain": pretrain_card(pretrained, whole)})
     return Trained.from_export(model_dir)

@@ -61,6 +61,7 @@ class PMIResult:
     frobenius_sq: float          # ‖PPMI‖²_F, exact
     sizes: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    marginals: np.ndarray | None = None  # float64 r'_i over kept items: what a folded-in row is scored against
 
 
 # --- Spark side: timelines -------------------------------------------------------
@@ -218,6 +219,21 @@ class _ArrayAccumulator:
 
 # --- PMI ------------------------------------------------------------------------
 
+def log_normaliser(marginals: np.ndarray, alpha: float) -> float:
+    """``log Σ_k r'_k^α``, the smoothed context distribution's normaliser."""
+    return float(np.log(np.sum(np.asarray(marginals, dtype=np.float64) ** alpha)))
+
+
+def ppmi_values(counts: np.ndarray, log_r_row: np.ndarray, log_r_col: np.ndarray, log_z: float, alpha: float,
+                transpose: bool = False) -> np.ndarray:
+    """``max(0, log c_ij − log r'_i − α log r'_j + log Σ_k r'_k^α)`` per non-zero (float32); ``transpose``:
+    the entries of PPMIᵀ (the α on the row side). The one PMI formula: the Spark blocks and the
+    fold-in of new items (models/foldin.py) both score through it."""
+    row_w, col_w = (alpha, 1.0) if transpose else (1.0, alpha)
+    val = np.log(np.asarray(counts, dtype=np.float64)) - row_w * log_r_row - col_w * log_r_col + log_z
+    return np.maximum(val, 0).astype(np.float32)
+
+
 def _row_sums(blocks, offsets: np.ndarray, n_items: int, col_mask_bc=None) -> tuple[np.ndarray, int]:
     """(Σ_j c_ij for every item, over the columns in the mask when one is given; total nnz)."""
 
@@ -245,9 +261,8 @@ def _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z: float
         c = c[np.flatnonzero(keep[lo:hi])][:, np.flatnonzero(keep)].tocsr()
         log_r = log_r_bc.value  # over kept items, in kept order
         rows = int(kept_offsets[b]) + np.repeat(np.arange(c.shape[0]), np.diff(c.indptr))
-        row_w, col_w = (alpha, 1.0) if transpose else (1.0, alpha)
-        val = np.log(c.data.astype(np.float64)) - row_w * log_r[rows] - col_w * log_r[c.indices] + log_z
-        c = sp.csr_matrix((np.maximum(val, 0).astype(np.float32), c.indices, c.indptr), shape=c.shape)
+        val = ppmi_values(c.data, log_r[rows], log_r[c.indices], log_z, alpha, transpose)
+        c = sp.csr_matrix((val, c.indices, c.indptr), shape=c.shape)
         c.eliminate_zeros()
         return b, c
 
@@ -291,7 +306,7 @@ def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_tim
                          f"{max(min_items, 2)} are needed")
     r_kept = r_kept[keep].astype(np.float64)
     log_r = np.log(r_kept)
-    log_z = float(np.log(np.sum(r_kept ** smoothing)))
+    log_z = log_normaliser(r_kept, smoothing)
     keep_bc, log_r_bc = sc.broadcast(keep), sc.broadcast(log_r)
     kept_offsets = np.concatenate([[0], np.cumsum([keep[offsets[b]:offsets[b + 1]].sum() for b in range(len(offsets) - 1)])])
     rows = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=False).cache()
@@ -311,4 +326,4 @@ def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_tim
         "cooccurrence_nnz": nnz, "pmi_nnz": pmi_nnz, "blocks": len(offsets) - 1,
     }
     matrix = BlockSparse(rows, cols, kept_offsets.astype(np.int64), kept_offsets.astype(np.int64))
-    return PMIResult(matrix, all_ids[keep], all_counts[keep], float(frobenius_sq), sizes, timings)
+    return PMIResult(matrix, all_ids[keep], all_counts[keep], float(frobenius_sq), sizes, timings, marginals=r_kept)

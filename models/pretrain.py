@@ -48,6 +48,9 @@ from infra.atomic import atomic_dir
 log = logging.getLogger(__name__)
 
 ARRAYS = ("item_ids", "E", "counts", "singular_values")
+# What folding in new items needs (models/foldin.py); absent from folders written before fold-in existed.
+FOLDIN_ARRAYS = ("W", "marginals")
+E_DTYPES = {"W": np.float32, "marginals": np.float64}  # W at E's precision; marginals are exact counts
 META = "pretrain.json"
 
 
@@ -87,6 +90,8 @@ class Embeddings:
     explained_variance: float
     timings: dict = field(default_factory=dict)
     sizes: dict = field(default_factory=dict)
+    W: np.ndarray | None = None          # (I, d), right singular vectors of the PPMI (M ≈ U Σ Wᵀ)
+    marginals: np.ndarray | None = None  # float64 (I,), the PMI's r'_i (models/pmi.py)
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
@@ -94,6 +99,15 @@ class Embeddings:
                 or self.singular_values.shape != (self.E.shape[1],):
             raise ValueError(f"inconsistent embeddings: ids {n}, E {self.E.shape}, counts {self.counts.shape}, "
                              f"singular values {self.singular_values.shape}")
+        if (self.W is not None and self.W.shape != self.E.shape) or \
+                (self.marginals is not None and self.marginals.shape != (n,)):
+            raise ValueError(f"inconsistent fold-in arrays: E {self.E.shape}, W "
+                             f"{None if self.W is None else self.W.shape}, marginals "
+                             f"{None if self.marginals is None else self.marginals.shape}")
+
+    @property
+    def can_fold_in(self) -> bool:
+        return self.W is not None and self.marginals is not None
 
     @property
     def dim(self) -> int:
@@ -106,6 +120,9 @@ class Embeddings:
             np.save(tmp / "E.npy", self.E.astype(np.float32))
             np.save(tmp / "counts.npy", self.counts.astype(np.int64))
             np.save(tmp / "singular_values.npy", self.singular_values.astype(np.float64))
+            for name in FOLDIN_ARRAYS:
+                if getattr(self, name) is not None:
+                    np.save(tmp / f"{name}.npy", getattr(self, name).astype(E_DTYPES[name]))
             meta = {"dim": self.dim, "items": len(self.item_ids),
                     "explained_variance": self.explained_variance,
                     "timings": self.timings, "sizes": self.sizes}
@@ -120,15 +137,21 @@ class Embeddings:
             raise UserError(f"not a pretrain output folder (missing {missing or [META]}): {folder}")
         meta = json.loads((folder / META).read_text())
         arrays = {a: np.load(folder / f"{a}.npy", allow_pickle=False) for a in ARRAYS}
+        arrays |= {a: np.load(folder / f"{a}.npy", allow_pickle=False) for a in FOLDIN_ARRAYS
+                   if (folder / f"{a}.npy").is_file()}
         return cls(explained_variance=float(meta["explained_variance"]), timings=meta.get("timings", {}),
                    sizes=meta.get("sizes", {}), **arrays)
 
 
-def embeddings_from_svd(U: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """E = row-normalise(U Σ); all-zero rows stay zero."""
-    e = U * s[None, :]
+def row_normalise(e: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); all-zero rows stay zero."""
     norms = np.linalg.norm(e, axis=1, keepdims=True)
     return (e / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def embeddings_from_svd(U: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """E = row-normalise(U Σ); all-zero rows stay zero."""
+    return row_normalise(U * s[None, :])
 
 
 def pretrain(spark, views, cfg: PretrainConfig) -> Embeddings:
@@ -163,7 +186,7 @@ def pretrain(spark, views, cfg: PretrainConfig) -> Embeddings:
     log.info("pretrain: %d items, d=%d, explained variance %.3f, %.1fs", n_items, cfg.dim, explained,
              timings["total"])
     return Embeddings(item_ids=pmi.item_ids, E=e, counts=pmi.counts, singular_values=svd.s,
-                      explained_variance=explained, timings=timings, sizes=sizes)
+                      explained_variance=explained, timings=timings, sizes=sizes, W=svd.W, marginals=pmi.marginals)
 
 
 def read_window_views(spark, events_dir, run_date, window_days: int):

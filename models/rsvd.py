@@ -202,6 +202,7 @@ class SVDResult:
     U: np.ndarray        # m × rank, float64, orthonormal columns (left singular vectors)
     s: np.ndarray        # rank, float64, descending
     stats: dict          # products, Gram reductions, ...
+    W: np.ndarray | None = None  # n × rank, float64, right singular vectors (fold-in of new rows: m W = u Σ)
 
 
 def randomized_svd(sc, a: BlockSparse, rank: int, oversampling: int = 10, power_iters: int = 2,
@@ -231,7 +232,8 @@ def randomized_svd(sc, a: BlockSparse, rank: int, oversampling: int = 10, power_
         q_right, _ = orth_product(a.cols, n, q)
         q, _ = orth_product(a.rows, m, q_right)
     # q is the m × k basis of A's range. Bᵀ = Aᵀ Q = Q₂ R, so B = Qᵀ A = Rᵀ Q₂ᵀ.
-    _, r = orth_product(a.cols, n, q, want_q=False)
-    u_small, s, _ = np.linalg.svd(r.T)
+    q_right, r = orth_product(a.cols, n, q)
+    u_small, s, w_small_t = np.linalg.svd(r.T)
     u = q.astype(np.float64) @ u_small[:, :rank]
-    return SVDResult(U=u, s=s[:rank], stats=stats)
+    w = q_right.astype(np.float64) @ w_small_t[:rank].T  # A ≈ (Q Ũ) Σ (Q₂ W)ᵀ
+    return SVDResult(U=u, s=s[:rank], stats=stats, W=w)

@@ -27,7 +27,9 @@ from serving.publish import IndexRejected, publish_model
 from serving.storage import (SLOT_ARTIFACTS, BlueGreenStore, ConcurrentPushError, StorageError,
                              VerificationError, rollback, status)
 from serving.synthetic import make_synthetic_model
+from tests.http_client import get as _get
 from tests.http_client import post_recommend
+from tests.http_client import wait_for_version as _wait_for_version
 
 ROOT = Path(__file__).resolve().parents[1]
 LED = [sys.executable, "-m", "cli.main"]
@@ -330,21 +332,3 @@ def test_led_serve_follows_pushes_and_swaps_without_failed_requests(settings, mo
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _get(port: int, path: str) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-        return resp.read()
-
-
-def _wait_for_version(port: int, version: str, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            model = json.loads(_get(port, "/model")).get("model")
-            if model and model["model_version"] == version:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"led serve did not load model {version}: {_get(port, '/model')!r}")
