@@ -17,7 +17,7 @@ from prefect.events import emit_event
 
 from infra import registry
 from infra.settings import Settings
-from models.evaluation import eval_set_json, load_eval_set, sample_users
+from models.evaluation import eval_set_json, load_eval_set, sample_eval_set
 from models.export import EVAL_SET
 from serving.publish import SlotBuild
 from serving.storage import BlueGreenStore
@@ -33,7 +33,7 @@ def canary_probes(model_dir: Path, users: int, seed: int) -> list[tuple[list[str
     path = Path(model_dir) / EVAL_SET
     if users <= 0 or not path.is_file():
         return []
-    data = eval_set_json(sample_users(load_eval_set(path), users, seed))
+    data = eval_set_json(sample_eval_set(load_eval_set(path), users, seed))
     return [(inputs, targets) for inputs, targets in zip(data["inputs"], data["targets"]) if inputs and targets]
 
 
