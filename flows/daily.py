@@ -1,7 +1,7 @@
 """The daily LED flow: one run per date D, on the events of [D-W, D) (docs/architecture.md, "One daily run").
 
     validate → vocabulary → pretrain → fine-tune → register → index → evaluate & gate
-        → [promoted] refit on the whole window → register → index → ship → push → watch → report
+        → [promoted] refit on the whole window → register → index → ship → push → report → watch (rollback)
 
 The index is built before the gate so the gate's sanity checks include its
 measured ANN recall; the gate evaluates challenger and champion on the same
@@ -115,9 +115,10 @@ def daily(
                  "; ".join(shipped.decision.reasons))
     live = shipped.slot if shipped and shipped.decision.promoted else slot
     pushed = clock.run("push", push_model, settings, live) if decision.promoted and push else None
-    watched = clock.run("watch", watch_serving, settings, pushed, live) if pushed else None
     publish_report(settings, plan, validation, pretrained, trained, registered, slot, decision, pushed, dict(clock),
                    shipped.decision if shipped else None)
+    # after the report: a rollback fails the run, and the day's report must exist all the same
+    watched = clock.run("watch", watch_serving, settings, pushed, live) if pushed else None
     return {
         "run_date": run_date, "model_version": registered.model_version, "run_id": registered.run_id,
         "promoted": decision.promoted, "reasons": decision.reasons,
