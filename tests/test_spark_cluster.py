@@ -1,0 +1,81 @@
+"""Pre-training and a daily run on a real Spark standalone cluster, by configuration only.
+
+A master and two workers (one core, 1 GB each) run on 127.0.0.1 from pyspark's own jars
+(infra/spark_cluster.py). The commands run as users run them, in subprocesses, with only
+``LED_SPARK_MASTER`` changed (docs/architecture.md, "Running pre-training on a cluster").
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from benchmarks.svd import agreement
+from infra.spark_cluster import StandaloneCluster
+from models.pretrain import Embeddings
+from tests.cli_runner import led
+
+pytestmark = pytest.mark.slow
+# Small JVMs: four engineers share two cores and the RAM.
+MEMORY = {"LED_SPARK_DRIVER_MEMORY": "1g", "LED_SPARK_EXECUTOR_MEMORY": "1g"}
+PRETRAIN = ["--date", "2026-01-11", "--window", "10", "--dim", "16"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = StandaloneCluster(tmp_path_factory.mktemp("spark-cluster"), workers=2, cores=1, memory="1g")
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def executors_that_ran(cluster: StandaloneCluster, app_name: str) -> dict[str, int]:
+    """Per finished application of that name on the master: how many of its executors ran tasks.
+
+    An executor fetches the driver's shipped code (infra/spark.py, ship_code) before its first task,
+    so an executor folder holding the zip is one that worked; a silent fallback to local mode would
+    leave no application on the master at all.
+    """
+    deadline = time.monotonic() + 60
+    while cluster.status()["activeapps"] and time.monotonic() < deadline:
+        time.sleep(1)  # the master marks an application finished once it sees its driver go
+    status = cluster.status()
+    assert not status["activeapps"], status["activeapps"]
+    finished = [a for a in status["completedapps"] if a["name"] == app_name]
+    work = cluster.root / "work"
+    return {a["id"]: sum(1 for d in (work / a["id"]).glob("*") if any(d.glob("led-code-*.zip")))
+            for a in finished}
+
+
+def test_pretrain_on_the_cluster_agrees_with_local(cluster, small_world, tmp_path):
+    before = executors_that_ran(cluster, "led")
+    code, on_cluster, log = led("pretrain", "--events", small_world, *PRETRAIN, "--out", tmp_path / "cluster",
+                                env=MEMORY | {"LED_SPARK_MASTER": cluster.master_url})
+    assert code == 0, log[-3000:]
+    apps = {k: v for k, v in executors_that_ran(cluster, "led").items() if k not in before}
+    assert len(apps) == 1 and list(apps.values())[0] >= 1, (apps, cluster.status())
+    code, local, log = led("pretrain", "--events", small_world, *PRETRAIN, "--out", tmp_path / "local",
+                           env=MEMORY | {"LED_SPARK_MASTER": "local[2]"})
+    assert code == 0, log[-3000:]
+    assert executors_that_ran(cluster, "led").keys() == before.keys() | apps.keys()  # local stayed local
+
+    ref, emb = Embeddings.load(tmp_path / "local"), Embeddings.load(tmp_path / "cluster")
+    figures = agreement({"item_ids": ref.item_ids, "E": ref.E, "s": ref.singular_values}, emb)
+    print(f"cluster vs local[2]: {figures}; seconds {on_cluster['seconds']} vs {local['seconds']}")
+    assert figures["same_items"] and on_cluster["items"] == local["items"] > 16
+    assert figures["singular_values_max_rel_diff"] < 1e-4, figures
+    assert figures["item_cosine_correlation"] > 0.999 and figures["item_cosine_mean_abs_diff"] < 1e-3, figures
+
+
+@pytest.mark.stack
+def test_daily_run_on_the_cluster(cluster, small_world, local_stack):
+    before = executors_that_ran(cluster, "led")
+    code, res, log = led("run", "--events", small_world, "--date", "2026-01-11", "--param", "dim=16",
+                         "--param", "epochs=2", "--param", "num_negatives=100", "--param", "batch_size=256",
+                         env=MEMORY | {"LED_SPARK_MASTER": cluster.master_url})
+    assert code == 0 and res["state"] == "COMPLETED", log[-3000:]
+    assert res["seconds"]["pretrain"] > 0 and res["pushed_slot"] in ("blue", "green")
+    apps = {k: v for k, v in executors_that_ran(cluster, "led").items() if k not in before}
+    assert len(apps) == 1 and list(apps.values())[0] >= 1, apps
