@@ -6,16 +6,18 @@ A master and two workers (one core, 1 GB each) run on 127.0.0.1 from pyspark's o
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
 
 from benchmarks.svd import agreement
+from infra.settings import Settings
+from infra.spark import executor_python, spark_conf
 from infra.spark_cluster import StandaloneCluster
 from models.pretrain import Embeddings
 from tests.cli_runner import led
 
-pytestmark = pytest.mark.slow
 # Small JVMs: four engineers share two cores and the RAM.
 MEMORY = {"LED_SPARK_DRIVER_MEMORY": "1g", "LED_SPARK_EXECUTOR_MEMORY": "1g"}
 PRETRAIN = ["--date", "2026-01-11", "--window", "10", "--dim", "16"]
@@ -49,6 +51,24 @@ def executors_that_ran(cluster: StandaloneCluster, app_name: str) -> dict[str, i
             for a in finished}
 
 
+def test_cluster_settings_become_spark_conf(monkeypatch):
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    packed = Settings(spark_master="spark://10.0.0.5:7077", spark_archives="s3a://b/led-env.tar.gz#pyenv",
+                      spark_executor_memory="3g", spark_cores_max=4, spark_driver_host="10.0.0.9")
+    conf = spark_conf(packed)
+    assert conf["spark.archives"] == "s3a://b/led-env.tar.gz#pyenv" and executor_python(packed) == "./pyenv/bin/python"
+    assert conf["spark.executor.memory"] == "3g" and conf["spark.cores.max"] == "4"
+    assert conf["spark.driver.host"] == conf["spark.driver.bindAddress"] == "10.0.0.9"
+    assert "spark.executor.cores" not in conf  # empty: Spark's own default
+    assert executor_python(packed.with_overrides(spark_executor_python="/opt/py/bin/python")) == "/opt/py/bin/python"
+    # local[*] has no executors to unpack an archive: the driver's own interpreter runs the workers
+    local = packed.with_overrides(spark_master="local[*]")
+    assert "spark.archives" not in spark_conf(local) and executor_python(local) == sys.executable
+    monkeypatch.setenv("PYSPARK_PYTHON", "/usr/bin/python3.11")
+    assert executor_python(local) == "/usr/bin/python3.11"
+
+
+@pytest.mark.slow
 def test_pretrain_on_the_cluster_agrees_with_local(cluster, small_world, tmp_path):
     before = executors_that_ran(cluster, "led")
     code, on_cluster, log = led("pretrain", "--events", small_world, *PRETRAIN, "--out", tmp_path / "cluster",
@@ -69,6 +89,7 @@ def test_pretrain_on_the_cluster_agrees_with_local(cluster, small_world, tmp_pat
     assert figures["item_cosine_correlation"] > 0.999 and figures["item_cosine_mean_abs_diff"] < 1e-3, figures
 
 
+@pytest.mark.slow
 @pytest.mark.stack
 def test_daily_run_on_the_cluster(cluster, small_world, local_stack):
     before = executors_that_ran(cluster, "led")
