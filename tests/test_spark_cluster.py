@@ -15,12 +15,11 @@ from benchmarks.svd import agreement
 from infra.settings import Settings
 from infra.spark import executor_python, spark_conf
 from infra.spark_cluster import StandaloneCluster
-from models.pretrain import Embeddings
+from models.pretrain import Embeddings, PretrainConfig, pretrain_window
 from tests.cli_runner import led
 
 # Small JVMs: four engineers share two cores and the RAM.
 MEMORY = {"LED_SPARK_DRIVER_MEMORY": "1g", "LED_SPARK_EXECUTOR_MEMORY": "1g"}
-PRETRAIN = ["--date", "2026-01-11", "--window", "10", "--dim", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -69,22 +68,24 @@ def test_cluster_settings_become_spark_conf(monkeypatch):
 
 
 @pytest.mark.slow
-def test_pretrain_on_the_cluster_agrees_with_local(cluster, small_world, tmp_path):
+def test_pretrain_on_the_cluster_agrees_with_local(cluster, small_world, tmp_path, spark):
     before = executors_that_ran(cluster, "led")
-    code, on_cluster, log = led("pretrain", "--events", small_world, *PRETRAIN, "--out", tmp_path / "cluster",
-                                env=MEMORY | {"LED_SPARK_MASTER": cluster.master_url})
+    partitions = spark.conf.get("spark.sql.shuffle.partitions")  # the same plan as the local reference
+    code, on_cluster, log = led("pretrain", "--events", small_world, "--date", "2026-01-11", "--window", 10,
+                                "--dim", 16, "--out", tmp_path / "cluster",
+                                env=MEMORY | {"LED_SPARK_MASTER": cluster.master_url,
+                                              "LED_SPARK_SHUFFLE_PARTITIONS": partitions})
     assert code == 0, log[-3000:]
     apps = {k: v for k, v in executors_that_ran(cluster, "led").items() if k not in before}
     assert len(apps) == 1 and list(apps.values())[0] >= 1, (apps, cluster.status())
-    code, local, log = led("pretrain", "--events", small_world, *PRETRAIN, "--out", tmp_path / "local",
-                           env=MEMORY | {"LED_SPARK_MASTER": "local[2]"})
-    assert code == 0, log[-3000:]
-    assert executors_that_ran(cluster, "led").keys() == before.keys() | apps.keys()  # local stayed local
 
-    ref, emb = Embeddings.load(tmp_path / "local"), Embeddings.load(tmp_path / "cluster")
+    # the reference: the session's local Spark, same settings and window
+    ref = pretrain_window(spark, small_world, "2026-01-11", 10, PretrainConfig.from_settings(Settings(), dim=16))
+    emb = Embeddings.load(tmp_path / "cluster")
     figures = agreement({"item_ids": ref.item_ids, "E": ref.E, "s": ref.singular_values}, emb)
-    print(f"cluster vs local[2]: {figures}; seconds {on_cluster['seconds']} vs {local['seconds']}")
-    assert figures["same_items"] and on_cluster["items"] == local["items"] > 16
+    print(f"cluster vs {spark.sparkContext.master}: {figures}; pre-training {on_cluster['timings']['total']} s "
+          f"vs {ref.timings['total']:.1f} s")
+    assert figures["same_items"] and on_cluster["items"] == len(ref.item_ids) > 16
     assert figures["singular_values_max_rel_diff"] < 1e-4, figures
     assert figures["item_cosine_correlation"] > 0.999 and figures["item_cosine_mean_abs_diff"] < 1e-3, figures
 
@@ -95,7 +96,7 @@ def test_daily_run_on_the_cluster(cluster, small_world, local_stack):
     before = executors_that_ran(cluster, "led")
     code, res, log = led("run", "--events", small_world, "--date", "2026-01-11", "--param", "dim=16",
                          "--param", "epochs=2", "--param", "num_negatives=100", "--param", "batch_size=256",
-                         env=MEMORY | {"LED_SPARK_MASTER": cluster.master_url})
+                         "--param", "refit_whole_window=false", env=MEMORY | {"LED_SPARK_MASTER": cluster.master_url})
     assert code == 0 and res["state"] == "COMPLETED", log[-3000:]
     assert res["seconds"]["pretrain"] > 0 and res["pushed_slot"] in ("blue", "green")
     apps = {k: v for k, v in executors_that_ran(cluster, "led").items() if k not in before}
