@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,20 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.daily import SCALES  # noqa: E402
+from benchmarks.daily import SCALES, led  # noqa: E402
 from benchmarks.svd import agreement  # noqa: E402
 from infra.spark_cluster import StandaloneCluster  # noqa: E402
 from models.pretrain import Embeddings  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "spark_cluster.json"
-
-
-def led(env: dict, *args) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"led {args[0]} failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def pretrain(env: dict, master: str, store: Path, run_date: str, window: int, dim: int, out: Path) -> dict:
