@@ -67,7 +67,8 @@ class Settings(BaseSettings):
         "spark_archives, else PYSPARK_PYTHON, else this interpreter (one machine or a shared image).")
     spark_archives: str | None = Field(
         None, description="spark.archives: a packed environment (venv-pack / conda-pack) unpacked next to "
-        "each executor, e.g. s3a://bucket/led-env.tar.gz#env; its ./env/bin/python runs the Python workers.")
+        "each executor, e.g. /path/led-env.tar.gz#env (served by the driver) or hdfs://...; its ./env/bin/python "
+        "runs the Python workers.")
     spark_ship_code: bool = Field(True, description="On a non-local master, ship the pipeline's own "
                                   "packages as a zip (SparkContext.addPyFile), so executors run the driver's "
                                   "code and their environment needs only the third-party packages.")

@@ -52,10 +52,10 @@ def executors_that_ran(cluster: StandaloneCluster, app_name: str) -> dict[str, i
 
 def test_cluster_settings_become_spark_conf(monkeypatch):
     monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
-    packed = Settings(spark_master="spark://10.0.0.5:7077", spark_archives="s3a://b/led-env.tar.gz#pyenv",
+    packed = Settings(spark_master="spark://10.0.0.5:7077", spark_archives="hdfs:///envs/led-env.tar.gz#pyenv",
                       spark_executor_memory="3g", spark_cores_max=4, spark_driver_host="10.0.0.9")
     conf = spark_conf(packed)
-    assert conf["spark.archives"] == "s3a://b/led-env.tar.gz#pyenv" and executor_python(packed) == "./pyenv/bin/python"
+    assert conf["spark.archives"] == packed.spark_archives and executor_python(packed) == "./pyenv/bin/python"
     assert conf["spark.executor.memory"] == "3g" and conf["spark.cores.max"] == "4"
     assert conf["spark.driver.host"] == conf["spark.driver.bindAddress"] == "10.0.0.9"
     assert "spark.executor.cores" not in conf  # empty: Spark's own default
