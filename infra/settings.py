@@ -228,8 +228,7 @@ class Settings(BaseSettings):
     spark_ui_enabled: bool = Field(False, description="Start the Spark web UI (on spark_ui_port).")
     spark_ui_port: int = Field(4040, ge=1, le=65535)
 
-    @field_validator("notify_webhook_url", "result_storage_url", "spark_executor_cores", "spark_cores_max",
-                     "spark_executor_python", "spark_archives", mode="before")
+    @field_validator("notify_webhook_url", "result_storage_url", mode="before")
     @classmethod
     def _blank_is_none(cls, v: Any) -> Any:
         return v or None
@@ -244,6 +243,12 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint_url", mode="before")
     @classmethod
     def _blank_endpoint_is_aws(cls, v: Any) -> Any:
+        return v or None
+
+    @field_validator("spark_executor_cores", "spark_cores_max", "spark_executor_python", "spark_archives",
+                     mode="before")
+    @classmethod
+    def _blank_spark_option_is_spark_default(cls, v: Any) -> Any:
         return v or None
 
     @classmethod
