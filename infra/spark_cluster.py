@@ -45,6 +45,7 @@ class StandaloneCluster:
         self.daemon_memory = daemon_memory
         self.port, self.webui_port = free_port(HOST), free_port(HOST)
         self.procs: list[subprocess.Popen] = []
+        self.names: list[str] = []  # master, worker-0, ... in the order of procs
 
     @property
     def master_url(self) -> str:
@@ -77,6 +78,7 @@ class StandaloneCluster:
         for proc in reversed(self.procs):
             stop_group(proc, grace=15)
         self.procs.clear()
+        self.names.clear()
 
     def __enter__(self) -> "StandaloneCluster":
         return self.start()
@@ -95,17 +97,23 @@ class StandaloneCluster:
     def _launch(self, name: str, cls: str, *args: str) -> None:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         command = [str(spark_home() / "bin" / "spark-class"), cls, *args]
+        self.names.append(name)
         with open(self.root / "logs" / f"{name}.log", "ab") as logf:
             self.procs.append(subprocess.Popen(command, stdout=logf, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL, env=self._env(), cwd=self.root,
                                                start_new_session=True))
 
+    def _log_tail(self, name: str, lines: int = 5) -> str:
+        path = self.root / "logs" / f"{name}.log"
+        tail = path.read_text(errors="replace").strip().splitlines()[-lines:] if path.exists() else ["(no log)"]
+        return f"{' | '.join(tail)} ({path})"
+
     def _wait_alive(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            dead = [p.args[1] for p in self.procs if p.poll() is not None]
+            dead = [name for name, p in zip(self.names, self.procs) if p.poll() is not None]
             if dead:
-                raise RuntimeError(f"Spark {dead[0]} exited at start; logs in {self.root / 'logs'}")
+                raise RuntimeError(f"Spark {dead[0]} exited at start: {self._log_tail(dead[0])}")
             try:
                 alive = [w for w in self.status().get("workers", []) if w.get("state") == "ALIVE"]
                 if len(alive) >= self.workers:
@@ -113,6 +121,6 @@ class StandaloneCluster:
             except OSError:  # the master's web UI is not up yet
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.workers} Spark workers not ALIVE after {timeout:.0f}s; "
-                                   f"logs in {self.root / 'logs'}")
+                raise RuntimeError(f"{self.workers} Spark workers not ALIVE after {timeout:.0f}s: "
+                                   f"{self._log_tail('master')}")
             time.sleep(0.5)
