@@ -1,8 +1,9 @@
 """Pre-training and a daily run on a real Spark standalone cluster, by configuration only.
 
 A master and two workers (one core, 1 GB each) run on 127.0.0.1 from pyspark's own jars
-(infra/spark_cluster.py). The commands run as users run them, in subprocesses, with only
-``LED_SPARK_MASTER`` changed (docs/architecture.md, "Running pre-training on a cluster").
+(infra/spark_cluster.py). The commands on it run as users run them, in subprocesses, with only
+``LED_SPARK_MASTER`` changed (docs/architecture.md, "Running pre-training on a cluster"); the
+local reference runs on the test session's own local Spark.
 """
 from __future__ import annotations
 
