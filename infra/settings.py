@@ -52,6 +52,26 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[*]", description="Any Spark master URL.")
     spark_driver_memory: str = Field("6g", description="Only honoured before the JVM starts.")
     spark_shuffle_partitions: int = Field(8, ge=1)
+    # On a cluster master (docs/architecture.md, "Running pre-training on a cluster"); ignored by local[*].
+    spark_driver_host: str = Field("127.0.0.1", description="Address the driver binds to and executors reach "
+                                   "it at: 127.0.0.1 for a cluster on this machine, this host's address for "
+                                   "executors on other hosts.")
+    spark_executor_memory: str = Field("2g", description="Heap of each executor (spark.executor.memory); must "
+                                       "fit in a worker's memory.")
+    spark_executor_cores: int | None = Field(None, ge=1, description="Cores per executor (spark.executor."
+                                             "cores); empty = all of a worker's cores, one executor each.")
+    spark_cores_max: int | None = Field(None, ge=1, description="Most cores the application takes from the "
+                                        "cluster (spark.cores.max); empty = all it is offered.")
+    spark_executor_python: str | None = Field(
+        None, description="Python of the executors' workers (PYSPARK_PYTHON). Empty = ./ALIAS/bin/python of "
+        "spark_archives, else PYSPARK_PYTHON, else this interpreter (one machine or a shared image).")
+    spark_archives: str | None = Field(
+        None, description="spark.archives: a packed environment (venv-pack / conda-pack) unpacked next to "
+        "each executor, e.g. /path/led-env.tar.gz#env (served by the driver) or hdfs://...; its ./env/bin/python "
+        "runs the Python workers.")
+    spark_ship_code: bool = Field(True, description="On a non-local master, ship the pipeline's own "
+                                  "packages as a zip (SparkContext.addPyFile), so executors run the driver's "
+                                  "code and their environment needs only the third-party packages.")
 
     # --- MLflow ----------------------------------------------------------------
     mlflow_tracking_uri: str = Field(
@@ -256,6 +276,12 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint_url", mode="before")
     @classmethod
     def _blank_endpoint_is_aws(cls, v: Any) -> Any:
+        return v or None
+
+    @field_validator("spark_executor_cores", "spark_cores_max", "spark_executor_python", "spark_archives",
+                     mode="before")
+    @classmethod
+    def _blank_spark_option_is_spark_default(cls, v: Any) -> Any:
         return v or None
 
     @classmethod

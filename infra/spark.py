@@ -1,4 +1,4 @@
-"""The Spark session, built from settings (master, driver memory, shuffle partitions, UI).
+"""The Spark session, built from settings (master, driver and executors, shuffle partitions, UI).
 
 Works with ``local[*]`` here and with any master elsewhere. Quiet by default:
 a log4j2 file sends only errors to stderr and the console progress bar is off;
@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 from infra.settings import Settings, get_settings
@@ -38,28 +41,89 @@ def _log4j_file() -> Path:
 
 
 def get_spark(settings: Settings | None = None, app_name: str = "led"):
-    """Return the process's SparkSession, creating it from settings if needed."""
+    """Return the process's SparkSession, creating it from settings if needed.
+
+    The same code runs on ``local[*]`` and on any cluster master; what a cluster needs (where
+    executors reach the driver, their memory and cores, their Python, the pipeline's code) comes
+    from settings too (docs/architecture.md, "Running pre-training on a cluster").
+    """
     from pyspark.sql import SparkSession
 
     s = settings or get_settings()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", __import__("sys").executable))
-    return (
-        SparkSession.builder.master(s.spark_master)
-        .appName(app_name)
-        .config("spark.driver.memory", s.spark_driver_memory)
-        .config("spark.driver.maxResultSize", "4g")
-        .config("spark.sql.shuffle.partitions", str(s.spark_shuffle_partitions))
-        .config("spark.default.parallelism", str(s.spark_shuffle_partitions))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.ui.enabled", str(s.spark_ui_enabled).lower())
-        .config("spark.ui.port", str(s.spark_ui_port))
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile=file:{_log4j_file()}")
-        .getOrCreate()
-    )
+    # A Python driver started without spark-submit takes the workers' interpreter from PYSPARK_PYTHON
+    # only (pyspark's SparkContext reads the variable, not spark.pyspark.python).
+    os.environ["PYSPARK_PYTHON"] = executor_python(s)
+    builder = SparkSession.builder.master(s.spark_master).appName(app_name)
+    for key, value in spark_conf(s).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if s.spark_ship_code and not is_local(s.spark_master):
+        ship_code(spark.sparkContext)
+    return spark
+
+
+def is_local(master: str) -> bool:
+    return master == "local" or master.startswith("local[")
+
+
+def executor_python(s: Settings) -> str:
+    """The Python workers' interpreter: the setting, else the packed environment's on a cluster,
+    else PYSPARK_PYTHON, else this interpreter (right on one machine or a shared image)."""
+    if s.spark_executor_python:
+        return s.spark_executor_python
+    if s.spark_archives and not is_local(s.spark_master):
+        alias = s.spark_archives.split(",")[0].rpartition("#")[2] or "env"
+        return f"./{alias}/bin/python"
+    return os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
+def spark_conf(s: Settings) -> dict[str, str]:
+    conf = {
+        "spark.driver.memory": s.spark_driver_memory,
+        "spark.driver.maxResultSize": "4g",
+        "spark.driver.host": s.spark_driver_host,
+        "spark.driver.bindAddress": s.spark_driver_host,
+        "spark.executor.memory": s.spark_executor_memory,
+        "spark.sql.shuffle.partitions": str(s.spark_shuffle_partitions),
+        "spark.default.parallelism": str(s.spark_shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.ui.enabled": str(s.spark_ui_enabled).lower(),
+        "spark.ui.port": str(s.spark_ui_port),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{_log4j_file()}",
+    }
+    archives = None if is_local(s.spark_master) else s.spark_archives  # only executors unpack them
+    optional = {"spark.executor.cores": s.spark_executor_cores, "spark.cores.max": s.spark_cores_max,
+                "spark.archives": archives}
+    return conf | {key: str(value) for key, value in optional.items() if value is not None}
+
+
+# The pipeline's packages whose functions executors may run (the rooms below serving).
+EXECUTOR_PACKAGES = ("infra", "models", "data_sources", "data_checks")
+
+
+def ship_code(sc) -> Path:
+    """Zip the pipeline's packages as this driver imports them and add the zip to the executors'
+    Python path, once per SparkContext (its name carries a content hash, so new code is a new file)."""
+    root = Path(__file__).resolve().parents[1]
+    sources = sorted(p for pkg in EXECUTOR_PACKAGES for p in (root / pkg).rglob("*.py"))
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    target = Path(tempfile.gettempdir()) / f"led-code-{digest.hexdigest()[:12]}.zip"
+    if target.name in getattr(sc, "_python_includes", []):
+        return target
+    if not target.exists():  # written beside, then renamed: a concurrent driver never reads half a zip
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sources:
+                zf.write(path, path.relative_to(root))
+        os.replace(tmp, target)
+    sc.addPyFile(str(target))
+    return target
 
 
 PROGRESS_LOG = logging.getLogger("led.spark")
