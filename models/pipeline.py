@@ -160,11 +160,13 @@ class TrainingWindow:
                        events.read_window(root, "clicks", plan.run_date, days))
 
         def clickers(end: str, n_days: int, bound: int) -> tuple[np.ndarray, int]:
+            if n_days == 0:  # the refit's plan: no evaluation day after its training days
+                return np.zeros(0, dtype=str), 0
             found = events.window_distinct(root, "clicks", end, n_days).to_numpy(zero_copy_only=False)
             return sample_users(found, bound, config.seed), len(found)
 
         train, n_train = clickers(plan.train_end, plan.train_days, config.max_train_users)
-        evaluated, n_eval = clickers(plan.run_date, tail, config.max_eval_users)  # tail 0 (refit): none
+        evaluated, n_eval = clickers(plan.run_date, tail, config.max_eval_users)
         users = pa.array(np.union1d(train, evaluated).tolist(), pa.string())
         universe = window_items(*(pa.table({"item_id": events.window_distinct(root, kind, plan.run_date, days,
                                                                               "item_id")})

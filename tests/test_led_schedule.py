@@ -99,3 +99,19 @@ def test_the_user_sample_is_stable_and_bounded():
     grown = set(sample_users(users + [f"n{i}" for i in range(500)], 400, seed=3))
     assert grown & set(users) <= set(picked) and len(grown & set(picked)) > 300
     assert set(sample_users(users, 400, seed=4)) != set(picked)
+
+
+def test_the_refit_reads_a_bounded_sample_of_the_whole_window(clicky_world, tmp_path):
+    """The refit's plan trains up to the run date (no evaluation day after it): the sample is drawn from
+    every clicker of the window and nobody is read only for evaluation."""
+    from infra.settings import get_settings
+    from models.led import LedConfig
+    from models.pipeline import TrainingWindow, plan_window
+
+    settings = get_settings().with_overrides(events_dir=clicky_world, window_days=8, work_dir=tmp_path,
+                                             max_train_users=250)
+    whole = plan_window(settings, dt.date(2026, 1, 9), whole_window=True)
+    window = TrainingWindow.read(settings, whole, LedConfig.from_settings(settings))
+    assert len(window.sample.train_users) == 250 and len(window.sample.eval_users) == 0
+    assert set(window.clicks.column("user_id").to_pylist()) <= set(window.sample.train_users)
+    assert window.clicks.column("date").to_pylist()[-1] == dt.date(2026, 1, 8)  # the evaluation day is in
