@@ -50,6 +50,8 @@ def register(sub) -> None:
         p.add_argument(f"--{flag}-days", default="", help=f"comma-separated day indexes: {what}")
     p.add_argument("--queries", type=int, default=200, help="serving queries per day (default 200)")
     p.add_argument("--panel", type=int, default=50, help="users of the stability panel (default 50)")
+    p.add_argument("--quality-tolerance", type=float, default=0.05, help="how far (a share) a clean day's "
+                   "NDCG@100 may fall under its trailing 7-day median (default 0.05)")
     p.add_argument("--out", default=None, help="folder for the record and plots (default "
                    "LED_HOME/simulation/record)")
     p.add_argument("--serve-port", type=int, default=None, help="default settings.serve_port")
@@ -82,8 +84,11 @@ def _config(args):
 
     if args.days < 2 or not 2 <= args.warmup <= args.days:
         raise UserError("need --days >= 2 and 2 <= --warmup <= --days")
+    if not 0 < args.quality_tolerance < 1:
+        raise UserError("--quality-tolerance must be in (0, 1)")
     cfg = SimulationConfig(days=args.days, warmup_days=args.warmup, users=args.users, items=args.items,
                            seed=args.seed, queries_per_day=args.queries, panel_users=args.panel,
+                           quality_tolerance=args.quality_tolerance,
                            params=parse_params(args.param), **_fault_days(args))
     try:
         for day in range(cfg.days):
@@ -116,7 +121,7 @@ def run(args) -> int:
                           ops=Ops(settings, stack))
         seconds = round(time.perf_counter() - t0, 1)
         out = Path(args.out) if args.out else Path(result["root"]) / "record"
-        paths = write_record(result["records"], result["criteria"], out)
+        paths = write_record(result["records"], result["criteria"], out, cfg.quality_tolerance)
         mlflow_run = log_to_mlflow(settings, result["records"], result["criteria"], paths)
         publish_artifacts(result["records"], result["criteria"], paths)
     finally:
