@@ -397,11 +397,10 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
             log(f"[simulate] {rec.run_date} [{rec.fault}]: {rec.outcome} ndcg@100={rec.challenger_ndcg}")
             if result.get("validation_failed"):
                 events.write_day(store, "views", day.date, day.views)  # the operator re-ingests the day
-            t0 = time.perf_counter()
             if result.get("pushed_slot"):
                 live.version = str(result.get("pushed_version") or result["model_version"])
                 serving.wait_for_version(live.version)
-                rec.swap_seconds = round(time.perf_counter() - t0, 2)
+                rec.swap_seconds = _swap_seconds(settings, serving)
                 live.items = _model_items(result.get("pushed_model_dir"))
             if live.version is None:
                 continue
@@ -552,6 +551,19 @@ def _partial_activation(settings: Settings, serving: ServingProcess, expected: s
     return False
 
 
+def _swap_seconds(settings: Settings, serving: ServingProcess) -> float | None:
+    """From the flip of S3's ACTIVE to the serving worker's load of the new model (both clocks: 1 s)."""
+    from serving.storage import ACTIVE, BlueGreenStore
+
+    store = BlueGreenStore.from_settings(settings)
+    flipped = store.s3.head_object(Bucket=store.bucket, Key=store.key(ACTIVE))["LastModified"]
+    loaded = (serving.get("/model")[1].get("model") or {}).get("loaded_at")
+    if not loaded:
+        return None
+    loaded_at = dt.datetime.strptime(loaded, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (loaded_at - flipped).total_seconds())
+
+
 def _trailing_medians(records: list[DayRecord], window: int = 7, min_history: int = 3) -> None:
     """NDCG@100 against the median of the previous ``window`` days with a sane model (not bad-model)."""
     history: list[float] = []
@@ -580,7 +592,8 @@ def pass_criteria(records: list[DayRecord], lost_days: list[str], tolerance: flo
     runs = [r for r in records if r.run_date]
     clean = [r for r in runs if r.fault in ("clean", "worker_kill")]
     faulty = [r for r in runs if r.fault not in ("clean", "worker_kill")]
-    wrong = [f"{r.run_date} {r.fault}: {r.outcome}" for r in faulty if not _as_expected(r)]
+    wrong = [f"{r.run_date} {r.fault}: {r.outcome} after {r.attempts} attempt(s), resumed from cache "
+             f"{r.resumed_from_cache}" for r in faulty if not _as_expected(r)]
     unpushed = [f"{r.run_date}: {r.outcome}" for r in clean if r.outcome != "pushed"]
     killed = [r for r in runs if r.fault == "worker_kill"]
     checked = [r for r in clean + [r for r in faulty if r.fault != "bad_model"] if r.ndcg_vs_median is not None]
@@ -671,10 +684,12 @@ def plot_record(records: list[DayRecord], path: Path, tolerance: float = 0.05) -
     axes[3].set_ylabel("top-20 overlap\nday over day")
     axes[4].plot(days, col("serving_p50_ms"), marker=".", label="p50 ms")
     axes[4].plot(days, col("serving_p99_ms"), marker=".", label="p99 ms")
-    axes[4].plot(days, [np.nan if r.swap_seconds is None else r.swap_seconds * 1000 for r in records],
-                 marker="x", linestyle="none", label="swap time ms")
     axes[4].set_yscale("log")
-    axes[4].set_ylabel("serving")
+    axes[4].set_ylabel("serving latency (ms)")
+    swap = axes[4].twinx()
+    swap.plot(days, col("swap_seconds"), marker="x", linestyle="none", color="tab:purple", label="swap time s")
+    swap.set_ylabel("swap time (s)")
+    swap.legend(loc="upper right", fontsize=8)
     axes[4].set_xlabel("day")
     for rec in records:
         if rec.fault != "clean":
