@@ -8,7 +8,8 @@ to benchmarks/results/soak_record.csv and the figures to benchmarks/results/soak
 simulation's (1 on any FAIL).
 
     nice -n 19 .venv/bin/python benchmarks/soak.py                  # 60 days, the lead's run
-    nice -n 19 .venv/bin/python benchmarks/soak.py --days 14 --users 600 --items 200   # a quick check
+    nice -n 19 .venv/bin/python benchmarks/soak.py --days 10 --users 600 --items 200 -- --param epochs=2
+                                       # a quick check; what follows -- goes to led simulate as is
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--users", type=int, default=None, help="default: led simulate's (the embedded defaults)")
     ap.add_argument("--items", type=int, default=None)
+    ap.add_argument("simulate_args", nargs=argparse.REMAINDER, help="after --: more `led simulate` flags")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="led-soak-"))
     out = home / "record"
@@ -62,6 +64,7 @@ def main() -> int:
     for flag in ("users", "items"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag}", str(getattr(args, flag))]
+    cmd += [a for a in args.simulate_args if a != "--"]
     load_before = load_average()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=soak_env(home), stdout=subprocess.PIPE, text=True)
