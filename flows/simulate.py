@@ -612,7 +612,8 @@ def pass_criteria(records: list[DayRecord], lost_days: list[str], tolerance: flo
         "no day's data lost": _criterion(not lost_days, f"{len(records) - len(lost_days)}/{len(records)} days whole",
                                          lost_days),
         f"quality within {tolerance:.0%} of its 7-day median on clean days": _criterion(
-            bool(checked) and not low, f"{len(checked) - len(low)}/{len(checked)} days within", low),
+            not low, f"{len(checked) - len(low)}/{len(checked)} days within" if checked else
+            "no day had 3 earlier days to compare with", low),
     }
 
 

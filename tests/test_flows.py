@@ -171,6 +171,7 @@ def test_short_soak_every_fault_once(local_stack, tmp_path):
                                     "0 partial activations", "0 serving 5xx", "no day's data lost",
                                     "quality within 25% of its 7-day median on clean days"}
     assert "PASS  0 serving 5xx" in log
+    assert res["criteria"]["quality within 25% of its 7-day median on clean days"]["detail"].startswith("4/4")
     outcome = res["outcomes"]
     assert res["runs"] == 10 and len(outcome) == 10
     # day index i's data feeds the run for the next date: the soak preset puts the faults on indexes 4..9
