@@ -171,10 +171,7 @@ def read_window(root: Path, kind: str, run_date: str | dt.date, window_days: int
 
 def window_distinct(root: Path, kind: str, run_date: str | dt.date, window_days: int,
                     column: str = "user_id") -> pa.Array:
-    """The distinct values of ``column`` in the ``kind`` events of [D-W, D), sorted; reads that column only.
-    A window of 0 days has none (a refit's evaluation tail is empty)."""
-    if window_days == 0:
-        return pa.array([], SCHEMA.field(column).type)
+    """The distinct values of ``column`` in the ``kind`` events of [D-W, D), sorted; reads that column only."""
     days = [pc.unique(read_day(root, kind, day, columns=[column]).column(column).combine_chunks())
             for day in _window_days(root, run_date, window_days)]
     if not days:
