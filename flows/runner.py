@@ -29,7 +29,8 @@ def run_daily(params: dict[str, Any]) -> dict[str, Any]:
 
     state = daily(**grouped(params), return_state=True)
     summary: dict[str, Any] = {"state": state.type.value, "state_name": state.name,
-                               "run_date": params.get("run_date"), **{k: None for k in RESULT_KEYS}}
+                               "run_date": params.get("run_date"), **{k: None for k in RESULT_KEYS},
+                               "flow_run_id": str(state.state_details.flow_run_id)}
     if state.is_completed():
         summary |= state.result()
     else:

@@ -106,6 +106,18 @@ def stop_group(proc: "subprocess.Popen", grace: float = 20.0) -> None:
     proc.wait(timeout=10)
 
 
+def live_children(pid: int) -> set[int]:
+    """The live (non-zombie) direct children of ``pid``: a gunicorn master's workers."""
+    found = set()
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

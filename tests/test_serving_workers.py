@@ -16,16 +16,9 @@ from tests.test_serving import _start_server, _stop, model_dir  # noqa: F401 - m
 
 def _children(pid: int) -> set[int]:
     """The live (non-zombie) worker processes of a server."""
-    import psutil
+    from infra.stack import live_children
 
-    found = set()
-    for child in psutil.Process(pid).children():
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                found.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+    return live_children(pid)
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
