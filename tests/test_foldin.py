@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ from tests.http_client import post_recommend, wait_for_version
 START = dt.date(2026, 1, 1)
 TRAIN_DAYS = 6
 CFG = PretrainConfig(dim=16, min_count=5)
+# the end-to-end test's own model name and serving prefix: other tests share the local stack
+OWN = {"LED_MLFLOW_MODEL_NAME": "led-foldin-e2e", "LED_S3_PREFIX": "foldin-e2e"}
 
 
 @pytest.fixture(scope="module")
@@ -122,31 +125,31 @@ D = START + dt.timedelta(days=7)  # the daily run reads [01-01, 01-08); the fold
 @pytest.mark.stack
 @pytest.mark.slow
 def test_foldin_pushes_new_items_served_then_replaced_by_the_next_run(local_stack, tmp_path):
-    world = tmp_path / "events"
+    world, nxt_day = tmp_path / "events", (D + dt.timedelta(days=1)).isoformat()
     code, _, log = led("generate", "--out", world, "--days", 9, "--users", 1500, "--items", 400, "--seed", 5,
                        "--item-churn", 0.05)
     assert code == 0, log
-    code, res, log = led("foldin", "--events", world, "--date", D.isoformat())
+    code, res, log = led("foldin", "--events", world, "--date", D.isoformat(), env=OWN)
     assert code == 2 and "no live model" in log, log[-2000:]
 
-    code, daily, log = led("run", "--events", world, "--date", D.isoformat(), *FAST)
+    code, daily, log = led("run", "--events", world, "--date", D.isoformat(), *FAST, env=OWN)
     assert code == 0 and daily["promoted"], log[-3000:]
-    code, res, log = led("foldin", "--events", world, "--date", D.isoformat())
+    code, res, log = led("foldin", "--events", world, "--date", D.isoformat(), env=OWN)
     assert code == 0 and res["folded_in"] == 0 and "nothing to fold in" in log, log[-2000:]
 
-    code, res, log = led("foldin", "--events", world, "--date", (D + dt.timedelta(days=1)).isoformat())
+    code, res, log = led("foldin", "--events", world, "--date", nxt_day, env=OWN)
     assert code == 0 and res["pushed"], log[-3000:]
     assert res["foldin_of"] == daily["pushed_version"] and res["folded_in"] > 0
     assert res["model_version"] != daily["pushed_version"] and res["ann_recall"] >= local_stack.min_ann_recall
-    folded = load_model(local_stack.work_dir / "foldin" / (D + dt.timedelta(days=1)).isoformat() / "model")
+    folded = load_model(local_stack.work_dir / "foldin" / nxt_day / "model")
     new_items = set(folded.card["foldin"]["items"])
     live_before = set(np.load(Path(daily["pushed_model_dir"]) / "item_ids.npy").astype(str))
     assert len(new_items) == res["folded_in"] and not new_items & live_before
-    code, again, log = led("foldin", "--events", world, "--date", (D + dt.timedelta(days=1)).isoformat())
+    code, again, log = led("foldin", "--events", world, "--date", nxt_day, env=OWN)
     assert code == 0 and again["already_live"] and again["model_version"] == res["model_version"], log[-2000:]
 
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", "0"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ | OWN)
     try:
         port = int(json.loads(proc.stdout.readline())["listening"].rsplit(":", 1)[1])
         wait_for_version(port, res["model_version"], timeout=60)
@@ -165,7 +168,7 @@ def test_foldin_pushes_new_items_served_then_replaced_by_the_next_run(local_stac
                 break
         assert asked >= 5 and served / asked >= 0.9, (asked, served)
 
-        code, nxt, log = led("run", "--events", world, "--date", (D + dt.timedelta(days=1)).isoformat(), *FAST)
+        code, nxt, log = led("run", "--events", world, "--date", nxt_day, *FAST, env=OWN)
         assert code == 0 and nxt["promoted"] and nxt["pushed_version"], log[-3000:]
         wait_for_version(port, nxt["pushed_version"], timeout=60)
     finally:
