@@ -35,8 +35,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +44,7 @@ import numpy as np
 from data_sources.synthetic import SyntheticWorld, WorldConfig
 from infra import events
 from infra.settings import Settings
+from serving.client import ServingClient
 
 WEAK_MODEL = {"dim": 2, "epochs": 1}
 
@@ -145,6 +144,7 @@ class ServingProcess:
 
     def __init__(self, settings: Settings, port: int, log_path: Path, workers: int = 2):
         self.url = f"http://{settings.serve_host}:{port}"
+        self.client = ServingClient(self.url)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")
         env = os.environ.copy() | {"LED_SERVE_POLL_SECONDS": "0.5"}
@@ -155,28 +155,11 @@ class ServingProcess:
         self._wait(lambda: self.get("/healthz")[0] == 200, 60, "the serving process did not start")
 
     def get(self, path: str) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            return exc.code, {}
-        except (OSError, ValueError):
-            return 0, {}
+        return self.client.status(path)
 
     def recommend(self, items: list[str], k: int = 10) -> tuple[int, dict]:
-        """One query; a connection dropped by a dying worker is retried once, as any HTTP client would."""
-        for attempt in range(2):
-            req = urllib.request.Request(self.url + "/recommend", json.dumps({"items": items, "k": k}).encode(),
-                                         {"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=5) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                return exc.code, {}
-            except (OSError, ValueError):
-                if attempt:
-                    return 0, {}
-        return 0, {}
+        """One query; a connection dropped by a dying worker is retried once (serving.client)."""
+        return self.client.recommend(items, k)
 
     def workers(self) -> set[int]:
         """The live worker processes under the gunicorn master."""
@@ -222,6 +205,7 @@ class ServingProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log.close()
+        self.client.close()
 
 
 def drop_volume(table, keep: float, seed: int):

@@ -137,20 +137,32 @@ class _StageWatcher:
     """Polls the active SparkContext's status tracker; logs each stage once it has finished."""
 
     def __init__(self, log: logging.Logger):
-        self.log, self.started, self.done = log, {}, set()
+        self.log, self.started = log, {}
+        # a session outlives a block (the flow reuses it day after day): its earlier stages are not news
+        self.done = set(self._stage_ids())
+
+    @staticmethod
+    def _stage_ids():
+        from pyspark import SparkContext
+
+        sc = SparkContext._active_spark_context
+        if sc is None:  # the block has not created its session yet
+            return
+        tracker = sc.statusTracker()
+        for job in tracker.getJobIdsForGroup(None):
+            info = tracker.getJobInfo(job)
+            yield from info.stageIds if info else ()
 
     def poll(self) -> None:
         from pyspark import SparkContext
 
         sc = SparkContext._active_spark_context
-        if sc is None:  # the stage has not created its session yet
+        if sc is None:
             return
         tracker, now = sc.statusTracker(), time.monotonic()
         active = set(tracker.getActiveStageIds())
-        for job in tracker.getJobIdsForGroup(None):
-            info = tracker.getJobInfo(job)
-            for stage in info.stageIds if info else ():
-                self._update(tracker, stage, stage in active, now)
+        for stage in self._stage_ids():
+            self._update(tracker, stage, stage in active, now)
 
     def _update(self, tracker, stage: int, active: bool, now: float) -> None:
         if stage in self.done:

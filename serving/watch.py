@@ -29,24 +29,21 @@ the slots and the thresholds, not MLflow or Prefect.
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from models.metrics import ndcg_at_k
+from serving.client import RECOMMEND, ServingClient
 from serving.storage import BlueGreenStore, StorageError, rollback
 
 CANARY_K = 100  # NDCG@100, the gate's metric
 HTTP_TIMEOUT_S = 5.0
 MAX_SCRAPE_FAILURES = 3  # consecutive failed scrapes during the watch: serving stopped answering
-RECOMMEND = "/recommend"
 
 Probe = tuple[list[str], list[str]]  # (timeline item ids, held-out target ids)
 
@@ -159,24 +156,19 @@ class Scrape:
         return self.versions.get(version) == 1 and all(v == 0 for k, v in self.versions.items() if k != version)
 
 
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
-        return resp.read()
-
-
-def served_model(base_url: str) -> dict:
+def served_model(client: ServingClient) -> dict:
     """``GET /model`` (one worker's view)."""
-    return json.loads(_get(f"{base_url}/model"))
+    return client.get_json("/model")
 
 
-def scrape(base_url: str) -> Scrape:
+def scrape(client: ServingClient) -> Scrape:
     from prometheus_client.parser import text_string_to_metric_families
 
     requests: dict[str, float] = {}
     buckets: dict[float, float] = {}
     fallbacks = 0.0
     versions: dict[str, float] = {}
-    for family in text_string_to_metric_families(_get(f"{base_url}/metrics").decode()):
+    for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
             labels = sample.labels
             if sample.name == "led_requests_total" and labels.get("endpoint") == RECOMMEND:
@@ -222,18 +214,14 @@ def health_between(before: Scrape, after: Scrape) -> Health:
                   fallbacks=int(after.fallbacks - before.fallbacks), p99_ms=quantile_ms(buckets, 0.99))
 
 
-def live_answers(base_url: str, probes: Sequence[Probe], version: str, k: int = CANARY_K
+def live_answers(client: ServingClient, probes: Sequence[Probe], version: str, k: int = CANARY_K
                  ) -> tuple[list[list[str]], int]:
     """Each probe's ids from ``POST /recommend`` (an error answer counts as an empty ranking), and how
     many answers came from another version than ``version``."""
     answers, other = [], 0
     for items, _ in probes:
-        request = urllib.request.Request(f"{base_url}{RECOMMEND}", data=json.dumps({"items": items, "k": k}).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as resp:
-                body = json.loads(resp.read())
-        except (OSError, ValueError):  # HTTPError is an OSError: the 5xx shows in the error rate too
+        status, body = client.recommend(items, k)
+        if status != 200:  # the 5xx shows in the error rate too
             answers.append([])
             continue
         other += str(body.get("model_version")) != version
@@ -306,6 +294,7 @@ class _Watch:
                  clock: Callable[[], float], sleep: Callable[[float], None]):
         self.settings, self.store, self.pushed, self.probes = settings, store, pushed, list(probes)
         self.url = settings.serving_url.rstrip("/")
+        self.client = ServingClient(self.url, HTTP_TIMEOUT_S)
         self.limits = Thresholds.from_settings(settings)
         self.clock, self.sleep = clock, sleep
         self.version = str(pushed["model_version"])
@@ -317,7 +306,7 @@ class _Watch:
 
     def run(self) -> WatchReport:
         try:
-            served = (served_model(self.url).get("model") or {}).get("model_version")
+            served = (served_model(self.client).get("model") or {}).get("model_version")
         except (OSError, ValueError) as exc:
             return self._finish(SKIPPED, [f"no serving endpoint: {self.url} unreachable ({exc})"])
         if served not in (self.version, self.previous):
@@ -353,7 +342,7 @@ class _Watch:
         """A scrape, retried a few times one sample apart (a worker restarting); None when serving is gone."""
         for attempt in range(MAX_SCRAPE_FAILURES):
             try:
-                return scrape(self.url)
+                return scrape(self.client)
             except (OSError, ValueError) as exc:
                 self.scrape_error = str(exc)
                 if attempt + 1 < MAX_SCRAPE_FAILURES:
@@ -373,7 +362,7 @@ class _Watch:
     def _canary(self, previous_ndcg: float | None) -> Canary | None:
         if not self.probes:
             return None
-        answers, other = live_answers(self.url, self.probes, self.version)
+        answers, other = live_answers(self.client, self.probes, self.version)
         canary = Canary(len(self.probes), mean_ndcg(answers, self.probes), previous_ndcg, other)
         self.report.canary = canary.as_dict()
         return canary
@@ -382,7 +371,7 @@ class _Watch:
         deadline = self.clock() + self.settings.rollback_swap_timeout_seconds
         while True:
             try:
-                if scrape(self.url).serves_only(version):
+                if scrape(self.client).serves_only(version):
                     return True
             except (OSError, ValueError):
                 pass  # a worker restarting: keep waiting until the deadline
@@ -392,7 +381,7 @@ class _Watch:
 
     def _last_error(self) -> str:
         try:
-            return f"serving says: {served_model(self.url).get('last_error') or 'no error reported'}"
+            return f"serving says: {served_model(self.client).get('last_error') or 'no error reported'}"
         except (OSError, ValueError) as exc:
             return f"serving unreachable: {exc}"
 

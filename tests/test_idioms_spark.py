@@ -34,6 +34,25 @@ def test_stage_progress_logs_each_finished_stage(spark):
     assert len(ids) == len(set(ids))  # each stage once
 
 
+def test_stage_progress_logs_only_the_blocks_own_stages(spark):
+    """A session outlives a block (the flow reuses it day after day): a second block must not log the
+    first block's stages again (they once came back as "... in 0.0 s" every day)."""
+    log = logging.getLogger("led.spark.test.blocks")
+    log.setLevel(logging.INFO)
+    records = Records()
+    log.addHandler(records)
+    df = spark.range(0, 100_000, numPartitions=4)
+    with stage_progress(log):
+        df.groupBy((df.id % 5).alias("k")).count().collect()
+    first = {int(line.split()[2]) for line in records.lines}
+    records.lines.clear()
+    with stage_progress(log):
+        df.groupBy((df.id % 3).alias("k")).count().collect()
+    second = [int(line.split()[2]) for line in records.lines]
+    assert first and second, (first, second)
+    assert not first & set(second), (first, second)
+
+
 def test_stage_progress_cancels_jobs_when_the_block_raises(spark):
     with pytest.raises(KeyboardInterrupt):
         with stage_progress():

@@ -142,9 +142,10 @@ def _push(settings, folder: Path, version: str):
 
 
 def _serves(settings, version: str) -> bool:
+    from serving.client import ServingClient
     from serving.watch import scrape
 
-    return scrape(settings.serving_url).serves_only(version)
+    return scrape(ServingClient(settings.serving_url)).serves_only(version)
 
 
 def _watch(settings, pushed, slot):
