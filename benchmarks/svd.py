@@ -123,7 +123,6 @@ def baseline(events_dir: Path, run_date: str, window: int, dim: int, cfg) -> dic
         rank[order] = np.arange(len(order))
         i = rank[items.indices.to_numpy()]
         ids = ids[order]
-        counts = np.bincount(i, minlength=len(ids)).astype(np.int64)
         del table
     with stage("cooccurrence", report, mem):
         # Distinct (user, item) with the last view time; keep each user's T most recent items.
