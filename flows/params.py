@@ -26,7 +26,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                   "epochs", "eval_every", "patience", "lr_schedule", "warmup_share", "bias_lr_scale",
                   "init_scale", "keep_prob", "max_train_users"),
     "index": ("n_trees", "search_k"),
-    "gate": ("gate_tolerance", "refit_whole_window", "max_eval_users"),
+    "gate": ("gate_tolerance", "gate_noise_z", "refit_whole_window", "max_eval_users"),
     "watch": ("serving_url", "rollback_watch_seconds", "rollback_max_error_rate", "rollback_max_p99_ms",
               "rollback_max_fallback_share", "rollback_max_ndcg_drop"),
 }

@@ -196,6 +196,10 @@ class Settings(BaseSettings):
                                      "checks (docs/architecture.md, \"Shipping the freshest day\").")
     gate_tolerance: float = Field(0.02, ge=0, lt=1, description="The challenger is promoted if its NDCG@100 "
                                   ">= champion's x (1 - tolerance).")
+    gate_noise_z: float = Field(1.96, ge=0, description="A shortfall below the tolerance still promotes when it "
+                                "is within this many standard errors of the per-user paired NDCG@100 difference "
+                                "(noise, not evidence: the 60-day soak saw a clean day rejected at -2.2% by "
+                                "chance); 0 compares the means only (models/gate.py).")
     vocab_min_ratio: float = Field(0.5, gt=0)
     vocab_max_ratio: float = Field(2.0, gt=0)
     n_trees: int = Field(100, ge=1, description="Annoy trees; 100 (was 50) halved the k=10 query CPU at d=600 on a "

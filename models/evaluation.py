@@ -26,7 +26,7 @@ from infra.atomic import atomic_write_text
 from infra.errors import UserError
 from models import scoring
 from models.data import EvalSet, Lists
-from models.metrics import evaluate_rankings
+from models.metrics import evaluate_rankings, per_user_metrics, summarise
 
 POPULARITY = "popularity"
 
@@ -39,6 +39,13 @@ def _positions_in(model_ids: np.ndarray, universe: np.ndarray) -> np.ndarray:
 
 def evaluate_model(model: Any, eval_set: EvalSet, k: int = 100) -> dict[str, float]:
     """Recall@20/50, NDCG@100 and coverage@20 of ``model``'s exact top-k on ``eval_set``."""
+    metrics, _ = evaluate_model_per_user(model, eval_set, k)
+    return metrics
+
+
+def evaluate_model_per_user(model: Any, eval_set: EvalSet, k: int = 100) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate_model`'s metrics and each user's NDCG@100 (the users with targets, in eval-set
+    order: two models' arrays on one eval set pair up user by user)."""
     V = np.asarray(model.V)
     b = np.asarray(model.b)
     counts = np.asarray(model.counts)
@@ -53,8 +60,8 @@ def evaluate_model(model: Any, eval_set: EvalSet, k: int = 100) -> dict[str, flo
         # a target the model cannot score becomes a position past its catalog: never ranked, still counted
         targets = [set(np.where(remap[row] >= 0, remap[row], len(V) + row).tolist())
                    for row in eval_set.targets.rows()]
-    rankings = scoring.top_k(V, b, counts, rows, k)
-    return evaluate_rankings(rankings, targets, n_items=len(V))
+    per_user = per_user_metrics(scoring.top_k(V, b, counts, rows, k), targets)
+    return summarise(per_user, n_items=len(V)), per_user["ndcg@100"]
 
 
 def evaluate_popularity(counts_by_id: dict[str, float], eval_set: EvalSet, k: int = 100) -> dict[str, float]:

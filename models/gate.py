@@ -4,7 +4,9 @@ Both models are downloaded from the registry (what would actually be served)
 and scored by ``models.evaluation.evaluate_model`` on one eval set whose item
 universe is every item of the evaluation window, so neither model's
 vocabulary filters the targets. Promotion needs challenger NDCG@100 >=
-champion NDCG@100 x (1 - gate_tolerance) and the sanity checks: finite
+champion NDCG@100 x (1 - gate_tolerance), or a shortfall within
+``gate_noise_z`` standard errors of the paired per-user difference (noise),
+and the sanity checks: finite
 arrays, a vocabulary within [vocab_min_ratio, vocab_max_ratio] x the
 champion's, and an ANN recall >= min_ann_recall when the caller measured one
 (the daily flow passes its index build's). The first version becomes champion
@@ -24,10 +26,13 @@ from typing import TYPE_CHECKING, Any
 from infra import registry
 from infra.errors import UserError
 from models.data import EvalSet
-from models.evaluation import evaluate_model, fingerprint
+from models.evaluation import evaluate_model_per_user, fingerprint
+from models.metrics import paired_difference
 from models.registration import download_exported
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from infra.settings import Settings
     from models.export import ExportedModel
 
@@ -66,8 +71,9 @@ class GateDecision:
                 | {f"gate/champion_{k}": v for k, v in self.champion_metrics.items()})
 
 
-def _metrics(model: "ExportedModel", eval_set: EvalSet) -> dict[str, float]:
-    return {registry.metric_name(k): float(v) for k, v in evaluate_model(model, eval_set).items()}
+def _metrics(model: "ExportedModel", eval_set: EvalSet) -> tuple[dict[str, float], "np.ndarray"]:
+    metrics, per_user = evaluate_model_per_user(model, eval_set)
+    return {registry.metric_name(k): float(v) for k, v in metrics.items()}, per_user
 
 
 def _nonfinite(model: "ExportedModel") -> str | None:
@@ -106,20 +112,34 @@ def sanity_checks(settings: "Settings", model: "ExportedModel", reference: "Expo
 
 def checks(settings: "Settings", challenger: "ExportedModel", champion: "ExportedModel | None",
            chal_metrics: dict[str, float], champ_metrics: dict[str, float],
-           ann_recall: float | None) -> tuple[list[str], list[str]]:
-    """The gate policy: the sanity checks against the champion, then NDCG@100 against the champion's."""
+           ann_recall: float | None, paired: tuple[float, float] | None = None) -> tuple[list[str], list[str]]:
+    """The gate policy: the sanity checks against the champion, then NDCG@100 against the champion's.
+
+    ``paired``: mean and standard error of the per-user NDCG@100 difference (challenger - champion) on
+    the eval set. A challenger below the bar is still promoted when the bar is within
+    ``gate_noise_z`` standard errors of that difference: both models are trained on nearly the same
+    days, so a small shortfall is mostly which users happened to click, not a worse model.
+    """
     failed, passed = sanity_checks(settings, challenger, champion, ann_recall)
     ndcg = chal_metrics.get(GATE_METRIC, math.nan)
     if not math.isfinite(ndcg):
         failed.append("challenger NDCG@100 on the eval set is not a number")
     if champion is None:
         return failed, passed
-    bar = champ_metrics.get(GATE_METRIC, math.nan) * (1 - settings.gate_tolerance)
+    champ = champ_metrics.get(GATE_METRIC, math.nan)
+    bar = champ * (1 - settings.gate_tolerance)
     if math.isfinite(ndcg) and math.isfinite(bar):
         ok = ndcg >= bar
-        (passed if ok else failed).append(
-            f"NDCG@100 {ndcg:.4f} {'>=' if ok else '<'} champion {champ_metrics[GATE_METRIC]:.4f} "
-            f"x (1 - {settings.gate_tolerance}) = {bar:.4f}")
+        reason = (f"NDCG@100 {ndcg:.4f} {'>=' if ok else '<'} champion {champ:.4f} "
+                  f"x (1 - {settings.gate_tolerance}) = {bar:.4f}")
+        if not ok and paired is not None and settings.gate_noise_z > 0 and math.isfinite(paired[1]):
+            diff, se = paired
+            upper, allowed = diff + settings.gate_noise_z * se, -settings.gate_tolerance * champ
+            ok = upper >= allowed
+            reason += (f"; paired per-user difference {diff:+.4f} ± {se:.4f} (SE): {upper:+.4f} at "
+                       f"{settings.gate_noise_z:g} SE {'>=' if ok else '<'} {allowed:+.4f}, "
+                       f"{'within noise' if ok else 'a real shortfall'}")
+        (passed if ok else failed).append(reason)
     return failed, passed
 
 
@@ -149,24 +169,25 @@ def gate(settings: "Settings", challenger_version: str | int, eval_set: EvalSet,
             challenger = download_exported(name, version, Path(tmp) / "challenger")
         except ValueError as exc:
             return record([f"challenger {exc}"])
-        decision.challenger_metrics = _metrics(challenger, eval_set)
+        decision.challenger_metrics, challenger_per_user = _metrics(challenger, eval_set)
         if champ_version == version:
             return record([f"version {version} is already the champion"], promoted=True)
         if champ_version is not None and _refit_of(client, name, champ_version) == version:
             # a rerun: the champion is this challenger refit on the whole window (it saw the eval day)
             return record([f"version {version} is already the champion through its refit, version "
                            f"{champ_version}"], promoted=True)
-        champion = None
+        champion, paired = None, None
         if champ_version is not None:
             try:
                 champion = download_exported(name, champ_version, Path(tmp) / "champion")
             except ValueError as exc:
                 return record([f"refusing promotion: champion (version {champ_version}) {exc}; "
                                "inspect it, then promote a version explicitly"])
-            decision.champion_metrics = _metrics(champion, eval_set)
+            decision.champion_metrics, champion_per_user = _metrics(champion, eval_set)
+            paired = paired_difference(challenger_per_user, champion_per_user)
         recall = ann_recall if ann_recall is not None else _card_ann_recall(challenger)
         failed, passed = checks(settings, challenger, champion, decision.challenger_metrics,
-                                decision.champion_metrics, recall)
+                                decision.champion_metrics, recall, paired)
     if champion is None and not failed:
         passed.insert(0, "no champion yet: first model passing the sanity checks")
     if not failed:

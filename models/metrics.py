@@ -46,23 +46,42 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
 def evaluate_rankings(rankings: Iterable[Sequence[int]], targets: Iterable[set],
                       n_items: int | None = None, coverage_k: int = 20) -> dict[str, float]:
     """Mean Recall@20, Recall@50, NDCG@100 (and coverage@20 when n_items is given)."""
+    return summarise(per_user_metrics(rankings, targets, coverage_k), n_items, coverage_k)
+
+
+def per_user_metrics(rankings: Iterable[Sequence[int]], targets: Iterable[set],
+                     coverage_k: int = 20) -> dict[str, np.ndarray]:
+    """Recall@20, Recall@50, NDCG@100 of each user with targets (in input order), plus ``covered``:
+    the items in at least one top-``coverage_k`` list."""
     per_metric: dict[str, list[float]] = {name: [] for name in DEFAULT_KS}
     covered: set = set()
-    users = 0
     for ranked, target in zip(rankings, targets):
         if not target:
             continue
-        users += 1
         ranked = list(ranked)
         covered.update(ranked[:coverage_k])
         per_metric["recall@20"].append(recall_at_k(ranked, target, 20))
         per_metric["recall@50"].append(recall_at_k(ranked, target, 50))
         per_metric["ndcg@100"].append(ndcg_at_k(ranked, target, 100))
-    out = {name: float(np.mean(v)) if v else float("nan") for name, v in per_metric.items()}
-    out["users"] = users
+    return {name: np.asarray(v, dtype=np.float64) for name, v in per_metric.items()} | {
+        "covered": np.fromiter(covered, dtype=np.int64, count=len(covered))}
+
+
+def summarise(per_user: dict[str, np.ndarray], n_items: int | None = None, coverage_k: int = 20) -> dict[str, float]:
+    """The means of :func:`per_user_metrics` (nan without users), ``users`` and coverage@k."""
+    out = {name: float(per_user[name].mean()) if len(per_user[name]) else float("nan") for name in DEFAULT_KS}
+    out["users"] = len(per_user["ndcg@100"])
     if n_items:
-        out[f"coverage@{coverage_k}"] = len(covered) / n_items
+        out[f"coverage@{coverage_k}"] = len(per_user["covered"]) / n_items
     return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired per-user values, and its standard error (nan below two pairs)."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(diff) < 2:
+        return (float(diff.mean()) if len(diff) else float("nan")), float("nan")
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def evaluate_scores(scores: np.ndarray, fold_in: Sequence[Sequence[int]], targets: Sequence[set],
