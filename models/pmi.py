@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from models.rsvd import BlockSparse, even_offsets, persist_spilling
+from models.rsvd import BlockSparse, even_offsets
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,11 @@ def cooccurrence_blocks(spark, views_idx, offsets: np.ndarray, n_items: int, max
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
     routed = views_idx.repartition(partitions, "user_id").mapInArrow(
         _route_to_blocks(offsets, max_timeline, stats_acc), schema)
-    return persist_spilling(
+    return (
         routed.rdd.map(lambda row: (int(row[0]), bytes(row[1])))
         .partitionBy(n_blocks, lambda b: b)
         .mapPartitions(_cooccurrence_block(offsets, n_items), preservesPartitioning=True)
+        .cache()
     )
 
 
@@ -308,8 +309,8 @@ def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_tim
     log_z = log_normaliser(r_kept, smoothing)
     keep_bc, log_r_bc = sc.broadcast(keep), sc.broadcast(log_r)
     kept_offsets = np.concatenate([[0], np.cumsum([keep[offsets[b]:offsets[b + 1]].sum() for b in range(len(offsets) - 1)])])
-    rows, cols = (persist_spilling(_pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z,
-                                               smoothing, transpose=t)) for t in (False, True))
+    rows = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=False).cache()
+    cols = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=True).cache()
     pmi_nnz, frobenius_sq = rows.map(
         lambda kv: (kv[1].nnz, float(np.square(kv[1].data, dtype=np.float64).sum()))
     ).reduce(lambda x, y: (x[0] + y[0], x[1] + y[1]))

@@ -52,19 +52,6 @@ FACTOR_DTYPE = np.float32
 ORTHO_TOL = 1e-9  # accepted ‖QᵀQ − I‖ bound after one Cholesky QR pass (factors are float32 anyway)
 
 
-def persist_spilling(rdd):
-    """Persist an RDD in memory, spilling blocks to the executors' local disk when storage memory is full.
-
-    Plain ``cache()`` drops what does not fit and recomputes it on the next use; a PPMI block is
-    recomputed from the whole co-occurrence, so at 4x ML-20M (PPMI + PPMIᵀ ~3 GB against ~3.5 GB of
-    storage memory in a 6 GB driver) every power iteration rebuilt part of the matrix. Reading a
-    spilled block back is a sequential disk read.
-    """
-    from pyspark import StorageLevel
-
-    return rdd.persist(StorageLevel.MEMORY_AND_DISK)
-
-
 @dataclass
 class BlockSparse:
     """A sparse m × n matrix as row blocks of A and of Aᵀ in two cached RDDs.
@@ -113,8 +100,8 @@ def distribute(sc, matrix: sp.spmatrix, blocks: int) -> BlockSparse:
     def split(m: sp.csr_matrix, off: np.ndarray) -> list[tuple[int, sp.csr_matrix]]:
         return [(b, m[off[b]:off[b + 1]]) for b in range(len(off) - 1)]
 
-    rows = persist_spilling(sc.parallelize(split(a, row_off), len(row_off) - 1))
-    cols = persist_spilling(sc.parallelize(split(at, col_off), len(col_off) - 1))
+    rows = sc.parallelize(split(a, row_off), len(row_off) - 1).cache()
+    cols = sc.parallelize(split(at, col_off), len(col_off) - 1).cache()
     return BlockSparse(rows, cols, row_off, col_off)
 
 
@@ -168,7 +155,7 @@ def _cholesky_qr(sc, y_blocks, n: int, k: int, want_q: bool = True) -> tuple[np.
     runs only when that bound exceeds ``ORTHO_TOL``. The last job collects
     the blocks of ``Y T`` (the next product broadcasts them).
     """
-    y_blocks = persist_spilling(y_blocks)
+    y_blocks = y_blocks.cache()
     passes = 1
     try:
         gram = _gram(y_blocks)
