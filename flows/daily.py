@@ -126,6 +126,7 @@ def daily(
         "ndcg@100": trained.metrics["ndcg@100"], "recall@20": trained.metrics["recall@20"],
         "recall@50": trained.metrics["recall@50"], "ann_recall": slot.ann_recall,
         **trained.figures(),
+        "ndcg@100_se": decision.challenger_metrics.get("ndcg_at_100_se"),
         "champion_ndcg@100": decision.champion_metrics.get("ndcg_at_100"), "seconds": dict(clock),
         "peak_rss_mb": clock.peak_rss_mb,
         "refit_version": shipped.registered.model_version if shipped else None,

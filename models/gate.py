@@ -27,7 +27,7 @@ from infra import registry
 from infra.errors import UserError
 from models.data import EvalSet
 from models.evaluation import evaluate_model_per_user, fingerprint
-from models.metrics import paired_difference
+from models.metrics import beyond_noise, paired_difference, standard_error
 from models.registration import download_exported
 
 if TYPE_CHECKING:
@@ -73,7 +73,9 @@ class GateDecision:
 
 def _metrics(model: "ExportedModel", eval_set: EvalSet) -> tuple[dict[str, float], "np.ndarray"]:
     metrics, per_user = evaluate_model_per_user(model, eval_set)
-    return {registry.metric_name(k): float(v) for k, v in metrics.items()}, per_user
+    named = {registry.metric_name(k): float(v) for k, v in metrics.items()}
+    named[f"{GATE_METRIC}_se"] = standard_error(per_user)  # the eval day's sampling noise, recorded with it
+    return named, per_user
 
 
 def _nonfinite(model: "ExportedModel") -> str | None:
@@ -135,7 +137,7 @@ def checks(settings: "Settings", challenger: "ExportedModel", champion: "Exporte
         if not ok and paired is not None and settings.gate_noise_z > 0 and math.isfinite(paired[1]):
             diff, se = paired
             upper, allowed = diff + settings.gate_noise_z * se, -settings.gate_tolerance * champ
-            ok = upper >= allowed
+            ok = not beyond_noise(diff, allowed, se, settings.gate_noise_z)
             reason += (f"; paired per-user difference {diff:+.4f} ± {se:.4f} (SE): {upper:+.4f} at "
                        f"{settings.gate_noise_z:g} SE {'>=' if ok else '<'} {allowed:+.4f}, "
                        f"{'within noise' if ok else 'a real shortfall'}")

@@ -76,12 +76,25 @@ def summarise(per_user: dict[str, np.ndarray], n_items: int | None = None, cover
     return out
 
 
+def beyond_noise(value: float, bar: float, se: float, z: float) -> bool:
+    """Is ``value`` below ``bar`` by more than ``z`` standard errors? The one rule that tells a real
+    shortfall from sampling noise (the gate's NDCG@100 against the champion's, the soak's quality
+    against its 7-day median); without a finite standard error, or with ``z`` 0, any shortfall counts."""
+    if z <= 0 or not np.isfinite(se):
+        return value < bar
+    return value + z * se < bar
+
+
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of per-user values (nan below two)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) >= 2 else float("nan")
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of ``a - b`` over paired per-user values, and its standard error (nan below two pairs)."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if len(diff) < 2:
-        return (float(diff.mean()) if len(diff) else float("nan")), float("nan")
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return (float(diff.mean()) if len(diff) else float("nan")), standard_error(diff)
 
 
 def evaluate_scores(scores: np.ndarray, fold_in: Sequence[Sequence[int]], targets: Sequence[set],

@@ -144,7 +144,7 @@ def test_deployment_custom_run_through_worker(local_stack, world):
 
 
 RECORD_COLUMNS = {"day", "date", "run_date", "fault", "expected", "outcome", "state", "attempts", "gate",
-                  "gate_reasons", "challenger_ndcg", "champion_ndcg", "popularity_ndcg", "finetune_gain",
+                  "gate_reasons", "challenger_ndcg", "challenger_ndcg_se", "champion_ndcg", "popularity_ndcg", "finetune_gain",
                   "median_7d_ndcg", "ndcg_vs_median", "catalog_size", "items_launched", "items_retired",
                   "next_day_scorable_share", "stability_top20", "serving_p50_ms", "serving_p99_ms",
                   "serving_queries", "serving_errors", "serving_5xx", "swap_seconds", "live_version",

@@ -1,4 +1,4 @@
-"""The gate tells noise from a worse model: a shortfall within ``gate_noise_z`` standard errors of the
+"""The gate and the soak tell noise from a worse model: a shortfall within ``gate_noise_z`` standard errors of the
 paired per-user NDCG@100 difference promotes, a real one does not (docs/architecture.md, "Registry and gate")."""
 from __future__ import annotations
 
@@ -59,3 +59,31 @@ def test_a_weak_model_is_refused_whatever_the_noise():
 def test_above_the_bar_needs_no_noise_argument():
     failed, passed = _gate(0.3100, 0.3098, (0.0002, 0.0050))
     assert not failed and not any("paired" in r for r in passed)
+
+
+def _day(n: int, ndcg: float, se: float | None):
+    from flows.simulate import DayRecord
+
+    return DayRecord(day=n, date=f"2026-01-{n + 1:02d}", run_date=f"2026-01-{n + 1:02d}", outcome="pushed",
+                     expected="pushed", state="COMPLETED", challenger_ndcg=ndcg, challenger_ndcg_se=se)
+
+
+def _quality(records):
+    from flows.simulate import _trailing_medians, pass_criteria
+
+    _trailing_medians(records)
+    return pass_criteria(records, [], 0.05, 1.96)["quality within 5% of its 7-day median on clean days"]
+
+
+def test_the_soak_counts_a_low_day_within_noise_as_within_and_names_it():
+    # five days at 0.30, then one at -8%: with a standard error of 0.013 that is noise
+    verdict = _quality([_day(n, 0.30, 0.013) for n in range(5)] + [_day(5, 0.276, 0.013)])
+    assert verdict["pass"], verdict
+    assert verdict["detail"].startswith("3/3 days within, 1 of them under the band by less than 1.96 SE"), verdict
+
+
+def test_the_soak_fails_a_low_day_beyond_noise():
+    verdict = _quality([_day(n, 0.30, 0.002) for n in range(5)] + [_day(5, 0.276, 0.002)])
+    assert not verdict["pass"] and "2026-01-06: -8.0%" in verdict["detail"], verdict
+    # a record without a standard error (an older run) falls back to the band alone
+    assert not _quality([_day(n, 0.30, None) for n in range(5)] + [_day(5, 0.276, None)])["pass"]
