@@ -18,11 +18,16 @@ class Records(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_stage_progress_logs_each_finished_stage(spark):
-    log = logging.getLogger("led.spark.test")
+def _recorded(name: str) -> tuple[logging.Logger, Records]:
+    log = logging.getLogger(name)
     log.setLevel(logging.INFO)
     records = Records()
     log.addHandler(records)
+    return log, records
+
+
+def test_stage_progress_logs_each_finished_stage(spark):
+    log, records = _recorded("led.spark.test")
     df = spark.range(0, 200_000, numPartitions=4)
     with stage_progress(log):
         counted = df.groupBy((df.id % 7).alias("k")).count().collect()  # a shuffle: two stages at least
@@ -37,10 +42,7 @@ def test_stage_progress_logs_each_finished_stage(spark):
 def test_stage_progress_logs_only_the_blocks_own_stages(spark):
     """A session outlives a block (the flow reuses it day after day): a second block must not log the
     first block's stages again (they once came back as "... in 0.0 s" every day)."""
-    log = logging.getLogger("led.spark.test.blocks")
-    log.setLevel(logging.INFO)
-    records = Records()
-    log.addHandler(records)
+    log, records = _recorded("led.spark.test.blocks")
     df = spark.range(0, 100_000, numPartitions=4)
     with stage_progress(log):
         df.groupBy((df.id % 5).alias("k")).count().collect()
