@@ -580,9 +580,9 @@ def pass_criteria(records: list[DayRecord], lost_days: list[str], tolerance: flo
     """The soak's pass criteria (issue 12, part 4), each ``{"pass": bool, "detail": str}``.
 
     Quality: a day's NDCG@100 is a mean over that day's clickers (a few hundred on the embedded
-    defaults), so a day under ``(1 - tolerance)`` x its 7-day median fails
-    only when it is under by more than ``noise_z`` standard errors (``models.metrics.beyond_noise``,
-    the gate's rule); the detail counts the days under the band by noise too."""
+    defaults), so a day under ``(1 - tolerance)`` x its 7-day median fails only when it is under by
+    more than ``noise_z`` standard errors (``models.metrics.beyond_noise``, the gate's rule); the
+    detail names the days under the band by noise too."""
     runs = [r for r in records if r.run_date]
     clean = [r for r in runs if r.fault in ("clean", "worker_kill")]
     faulty = [r for r in runs if r.fault not in ("clean", "worker_kill")]
