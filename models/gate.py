@@ -7,8 +7,9 @@ vocabulary filters the targets. Promotion needs challenger NDCG@100 >=
 champion NDCG@100 x (1 - gate_tolerance), or a shortfall within
 ``gate_noise_z`` standard errors of the paired per-user difference (noise),
 and the sanity checks: finite arrays, a vocabulary within
-[vocab_min_ratio, vocab_max_ratio] x the champion's, and an ANN recall >= min_ann_recall when the caller measured one
-(the daily flow passes its index build's). The first version becomes champion
+[vocab_min_ratio, vocab_max_ratio] x the champion's, and an ANN recall >=
+min_ann_recall when the caller measured one (the daily flow passes its index
+build's). The first version becomes champion
 when its sanity checks pass. An unreadable champion makes the gate refuse (a
 human must look), never crash. The decision and its reasons are tags on the
 version and its run (``infra.registry.record_decision``).
