@@ -139,29 +139,15 @@ class _StageWatcher:
     def __init__(self, log: logging.Logger):
         self.log, self.started = log, {}
         # a session outlives a block (the flow reuses it day after day): its earlier stages are not news
-        self.done = set(self._stage_ids())
-
-    @staticmethod
-    def _stage_ids():
-        from pyspark import SparkContext
-
-        sc = SparkContext._active_spark_context
-        if sc is None:  # the block has not created its session yet
-            return
-        tracker = sc.statusTracker()
-        for job in tracker.getJobIdsForGroup(None):
-            info = tracker.getJobInfo(job)
-            yield from info.stageIds if info else ()
+        tracker = _status_tracker()
+        self.done = set(_stage_ids(tracker)) if tracker else set()
 
     def poll(self) -> None:
-        from pyspark import SparkContext
-
-        sc = SparkContext._active_spark_context
-        if sc is None:
+        tracker = _status_tracker()
+        if tracker is None:  # the block has not created its session yet
             return
-        tracker, now = sc.statusTracker(), time.monotonic()
-        active = set(tracker.getActiveStageIds())
-        for stage in self._stage_ids():
+        now, active = time.monotonic(), set(tracker.getActiveStageIds())
+        for stage in _stage_ids(tracker):
             self._update(tracker, stage, stage in active, now)
 
     def _update(self, tracker, stage: int, active: bool, now: float) -> None:
@@ -176,6 +162,19 @@ class _StageWatcher:
             failed = f", {info.numFailedTasks} failed" if info.numFailedTasks else ""
             self.log.info("spark stage %d (%s): %d tasks%s in %.1f s", stage, info.name.split(" at ")[0],
                           info.numTasks, failed, now - self.started[stage])
+
+
+def _status_tracker():
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    return sc.statusTracker() if sc is not None else None
+
+
+def _stage_ids(tracker):
+    for job in tracker.getJobIdsForGroup(None):
+        info = tracker.getJobInfo(job)
+        yield from info.stageIds if info else ()
 
 
 @contextlib.contextmanager

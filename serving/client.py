@@ -39,17 +39,15 @@ class ServingClient:
 
     def status(self, path: str) -> tuple[int, dict]:
         """``GET path`` as (status, JSON body or {}); status ``UNREACHABLE`` when nothing answered."""
-        try:
-            response = self.session.get(self.base_url + path, timeout=self.timeout)
-        except requests.RequestException:
-            return UNREACHABLE, {}
-        return response.status_code, _json_or_empty(response)
+        return self._answer("GET", path)
 
     def recommend(self, items: Sequence[str], k: int = 10) -> tuple[int, dict]:
         """One query as (status, JSON body or {}); status ``UNREACHABLE`` when nothing answered."""
+        return self._answer("POST", RECOMMEND, json={"items": list(items), "k": k})
+
+    def _answer(self, method: str, path: str, **kwargs) -> tuple[int, dict]:
         try:
-            response = self.session.post(self.base_url + RECOMMEND, json={"items": list(items), "k": k},
-                                         timeout=self.timeout)
+            response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException:
             return UNREACHABLE, {}
         return response.status_code, _json_or_empty(response)

@@ -42,7 +42,6 @@ from serving.client import RECOMMEND, ServingClient
 from serving.storage import BlueGreenStore, StorageError, rollback
 
 CANARY_K = 100  # NDCG@100, the gate's metric
-HTTP_TIMEOUT_S = 5.0
 MAX_SCRAPE_FAILURES = 3  # consecutive failed scrapes during the watch: serving stopped answering
 
 Probe = tuple[list[str], list[str]]  # (timeline item ids, held-out target ids)
@@ -294,7 +293,7 @@ class _Watch:
                  clock: Callable[[], float], sleep: Callable[[float], None]):
         self.settings, self.store, self.pushed, self.probes = settings, store, pushed, list(probes)
         self.url = settings.serving_url.rstrip("/")
-        self.client = ServingClient(self.url, HTTP_TIMEOUT_S)
+        self.client = ServingClient(self.url)
         self.limits = Thresholds.from_settings(settings)
         self.clock, self.sleep = clock, sleep
         self.version = str(pushed["model_version"])
