@@ -14,11 +14,12 @@ fine-tuning over its own initialisation (``led_project - led_init``). It then
 runs LED once more with the schedule the settings had before issue 16 (batch
 512, constant Adam 1e-3, one validation per epoch, patience 3 epochs, at most
 20 epochs; every other knob at today's defaults) and plots validation NDCG@100 against optimizer steps for both
-(benchmarks/plots/quality_val_ndcg_vs_steps.png). Results go to
-benchmarks/results/quality.json.
+(benchmarks/plots/quality_val_ndcg_vs_steps.png), and NDCG@100 per model
+(benchmarks/plots/quality_per_model.png). Results go to benchmarks/results/quality.json.
 
     nice -n 10 .venv/bin/python benchmarks/quality.py            # full run
     nice -n 10 .venv/bin/python benchmarks/quality.py --quick    # 1 seed, core rows only
+    .venv/bin/python benchmarks/quality.py --plot-from benchmarks/results/quality.json   # plots only
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 PLOT = ROOT / "benchmarks" / "plots" / "quality_val_ndcg_vs_steps.png"
+MODELS_PLOT = ROOT / "benchmarks" / "plots" / "quality_per_model.png"
 TARGET_RATIO = 0.97
 FULL_MODELS = ["popularity", "ease", "mult_vae", "svd_average", "svd_average_bias", "led_init", "led_project",
                "led_project_ns", "led_project_css", "led_project_multi", "led_train_e", "led_no_projection"]
@@ -135,6 +137,33 @@ def plot_curves(datasets: dict, out: Path) -> Path:
     return out
 
 
+def plot_models(datasets: dict, out: Path) -> Path:
+    """NDCG@100 per model (mean ± std over the seeds), one panel per data set, LED rows highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.6), squeeze=False)
+    for ax, (name, result) in zip(axes[0], datasets.items()):
+        rows = sorted(result["models"].items(), key=lambda kv: kv[1]["ndcg@100"])
+        labels = [m for m, _ in rows]
+        ax.barh(labels, [r["ndcg@100"] for _, r in rows], xerr=[r.get("ndcg@100_std", 0) for _, r in rows],
+                color=["C1" if m.startswith("led_project") else "C0" if m.startswith("led") else "C7"
+                       for m in labels])
+        best = max(result["models"][m]["ndcg@100"] for m in ("ease", "mult_vae") if m in result["models"])
+        ax.axvline(TARGET_RATIO * best, color="k", ls=":", lw=0.8, label=f"{TARGET_RATIO} x max(EASE, Mult-VAE)")
+        ax.set_xlabel(f"NDCG@100 (mean ± std over {result['models'][labels[-1]].get('seeds', 1)} seeds)")
+        ax.set_title(name)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def run_dataset(name: str, store: Path, seeds: int, models: list[str], with_legacy: bool) -> dict:
     res = bench(store, seeds, models, [])
     legacy = None
@@ -161,7 +190,14 @@ def main() -> int:
     parser.add_argument("--synthetic-users", type=int, default=3000)
     parser.add_argument("--synthetic-items", type=int, default=1000)
     parser.add_argument("--synthetic-days", type=int, default=30)
+    parser.add_argument("--plot-from", type=Path, help="only redraw the plots from a results JSON")
     args = parser.parse_args()
+    if args.plot_from:
+        datasets = json.loads(args.plot_from.read_text())["datasets"]
+        print(f"written {plot_models(datasets, MODELS_PLOT)}", flush=True)
+        if any("legacy" in r for r in datasets.values()):
+            print(f"written {plot_curves(datasets, PLOT)}", flush=True)
+        return 0
     seeds = 1 if args.quick else args.seeds
     models = CORE_MODELS if (args.quick or args.core) else FULL_MODELS
     results: dict = {"seeds": seeds, "led_flags": [], "load_average_start": load_average(), "datasets": {}}
@@ -190,6 +226,8 @@ def main() -> int:
     if not args.no_legacy and results["datasets"]:
         results["plot"] = str(plot_curves(results["datasets"], PLOT).relative_to(ROOT))
         print(f"plot written to {PLOT}", flush=True)
+    if results["datasets"]:
+        results["models_plot"] = str(plot_models(results["datasets"], MODELS_PLOT).relative_to(ROOT))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, default=str))
     print(f"results written to {RESULTS} (load average {results['load_average_start']} -> "

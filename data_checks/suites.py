@@ -16,7 +16,8 @@ Three kinds of suite, each run on a pandas DataFrame the runner prepares:
   of ``data_checks.traffic``: near-duplicates, top-user / top-item share and
   events per active user against the trailing days, PSI of the item and
   user-activity distributions against the trailing days, click-through ratio
-  against the trailing days. A statistic is null when the check
+  against the trailing days (v3: the item PSI compares the items the day
+  has, an item gone from the day is catalog churn). A statistic is null when the check
   does not apply to that day (GX skips nulls), e.g. volume bounds when the
   trailing median of active users is below ``volume_min_active_users``.
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # GX takes ~3 s to import: only the runner imports it, lazily
 
     from infra.settings import Settings
 
-SUITE_VERSION = 2
+SUITE_VERSION = 3  # v3: item PSI leaves out items absent from the day (catalog churn, not a shift)
 KINDS = ("views", "clicks")
 REQUIRED_COLUMNS = ("user_id", "item_id", "ts")
 # A well-formed id: 1 to 128 characters, none of them whitespace or control
@@ -129,67 +130,60 @@ def rows_suite(kind: str) -> "gx.ExpectationSuite":
 
 def window_suite(settings: "Settings") -> "gx.ExpectationSuite":
     import great_expectations as gx
-    import great_expectations.expectations as gxe
 
     s = settings
     gate = (f"applies when >= 3 trailing days exist and their median of daily active users is "
             f">= {s.volume_min_active_users}")
     exps = [
-        gxe.ExpectColumnValuesToBeBetween(
-            column="rows_when_expected", min_value=1,
-            meta=_meta(EVENTS_EVERY_DAY, f"at least one event per day; {gate}")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="volume_ratio", min_value=s.volume_min_ratio,
-            meta=_meta(VOLUME_NOT_BELOW, f"rows >= {s.volume_min_ratio} x trailing 7-day median; {gate}")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="volume_ratio", max_value=s.volume_max_ratio,
-            meta=_meta(VOLUME_NOT_ABOVE, f"rows <= {s.volume_max_ratio} x trailing 7-day median; {gate}")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="duplicate_rate", max_value=s.max_duplicate_rate,
-            meta=_meta(DUPLICATE_RATE, "share of a day's rows whose (user_id, item_id, ts) is not unique")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="new_item_share", max_value=s.max_new_item_share,
-            meta=_meta(NEW_ITEM_SHARE, f"share of a day's viewed items unseen in the 7 days before; {gate}")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="orphan_click_rate", max_value=s.max_orphan_click_rate,
-            meta=_meta(ORPHAN_CLICK_RATE, "share of a day's clicks on items never viewed in the window")),
+        _between("rows_when_expected", EVENTS_EVERY_DAY, f"at least one event per day; {gate}", min_value=1),
+        _between("volume_ratio", VOLUME_NOT_BELOW, f"rows >= {s.volume_min_ratio} x trailing 7-day median; {gate}",
+                 min_value=s.volume_min_ratio),
+        _between("volume_ratio", VOLUME_NOT_ABOVE, f"rows <= {s.volume_max_ratio} x trailing 7-day median; {gate}",
+                 max_value=s.volume_max_ratio),
+        _between("duplicate_rate", DUPLICATE_RATE, "share of a day's rows whose (user_id, item_id, ts) is not unique",
+                 max_value=s.max_duplicate_rate),
+        _between("new_item_share", NEW_ITEM_SHARE,
+                 f"share of a day's viewed items unseen in the 7 days before; {gate}", max_value=s.max_new_item_share),
+        _between("orphan_click_rate", ORPHAN_CLICK_RATE, "share of a day's clicks on items never viewed in the window",
+                 max_value=s.max_orphan_click_rate),
         *_traffic_expectations(s, gate),
     ]
     return gx.ExpectationSuite(name=suite_name("window"), expectations=exps,
                                meta={"version": SUITE_VERSION, "thresholds": thresholds(s)})
 
 
-def _traffic_expectations(s: "Settings", gate: str) -> list:
-    """The v2 checks on the statistics of data_checks.traffic (definitions there)."""
+def _between(column: str, check: str, why: str, **bounds):
+    """One per-day statistic of the window frame within its bounds, named ``check``."""
     import great_expectations.expectations as gxe
 
+    return gxe.ExpectColumnValuesToBeBetween(column=column, **bounds, meta=_meta(check, why))
+
+
+def _traffic_expectations(s: "Settings", gate: str) -> list:
+    """The v2 checks on the statistics of data_checks.traffic (definitions there)."""
     top = f"top {s.concentration_top_fraction:.0%}"
-
-    def between(column, check, why, **bounds):
-        return gxe.ExpectColumnValuesToBeBetween(column=column, **bounds, meta=_meta(check, why))
-
     return [
-        between("near_duplicate_rate", NEAR_DUPLICATE_RATE,
-                f"share of a day's rows repeating the same (user, item) within {s.near_duplicate_seconds:g} s "
-                f"(exact copies excluded)", max_value=s.max_near_duplicate_rate),
-        between("top_user_share_increase", TOP_USER_SHARE,
-                f"share of the day's events from its {top} users, minus the trailing median; {gate}",
-                max_value=s.max_top_user_share_increase),
-        between("top_item_share_increase", TOP_ITEM_SHARE,
-                f"share of the day's events on its {top} items, minus the trailing median; {gate}",
-                max_value=s.max_top_item_share_increase),
-        between("events_per_user_ratio", EVENTS_PER_USER,
-                f"events per active user / trailing median; {gate}",
-                min_value=s.events_per_user_min_ratio, max_value=s.events_per_user_max_ratio),
-        between("item_psi", ITEM_DISTRIBUTION,
-                f"PSI of the day's items over trailing popularity buckets; {gate}", max_value=s.max_item_psi),
-        between("user_activity_psi", USER_ACTIVITY_DISTRIBUTION,
-                f"PSI of the share of the day's events by user-activity decile (top users excluded) "
-                f"against the trailing days' mean; {gate}",
-                max_value=s.max_user_activity_psi),
-        between("click_through_ratio", CLICK_THROUGH,
-                f"the day's clicks/views / trailing median (clicks rows); {gate}",
-                min_value=s.click_through_min_ratio, max_value=s.click_through_max_ratio),
+        _between("near_duplicate_rate", NEAR_DUPLICATE_RATE,
+                 f"share of a day's rows repeating the same (user, item) within {s.near_duplicate_seconds:g} s "
+                 f"(exact copies excluded)", max_value=s.max_near_duplicate_rate),
+        _between("top_user_share_increase", TOP_USER_SHARE,
+                 f"share of the day's events from its {top} users, minus the trailing median; {gate}",
+                 max_value=s.max_top_user_share_increase),
+        _between("top_item_share_increase", TOP_ITEM_SHARE,
+                 f"share of the day's events on its {top} items, minus the trailing median; {gate}",
+                 max_value=s.max_top_item_share_increase),
+        _between("events_per_user_ratio", EVENTS_PER_USER,
+                 f"events per active user / trailing median; {gate}",
+                 min_value=s.events_per_user_min_ratio, max_value=s.events_per_user_max_ratio),
+        _between("item_psi", ITEM_DISTRIBUTION,
+                 f"PSI of the day's items over trailing popularity buckets; {gate}", max_value=s.max_item_psi),
+        _between("user_activity_psi", USER_ACTIVITY_DISTRIBUTION,
+                 f"PSI of the share of the day's events by user-activity decile (top users excluded) "
+                 f"against the trailing days' mean; {gate}",
+                 max_value=s.max_user_activity_psi),
+        _between("click_through_ratio", CLICK_THROUGH,
+                 f"the day's clicks/views / trailing median (clicks rows); {gate}",
+                 min_value=s.click_through_min_ratio, max_value=s.click_through_max_ratio),
     ]
 
 

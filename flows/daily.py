@@ -32,6 +32,7 @@ from models.led import LedConfig
 from models.pipeline import Trained, WindowPlan
 from models.pretrain import PretrainConfig
 from serving.publish import SlotBuild
+from tasks.common import with_timeout
 from tasks.finetune import fine_tune_led
 from tasks.gate import evaluate_and_gate
 from tasks.index import build_index
@@ -54,18 +55,20 @@ def _run_name() -> str:
 
 
 class _Stopwatch(dict):
-    """Seconds per stage, in pipeline order; ``peak_rss_mb``: the peak memory of each stage (this process
-    and the Spark JVM, ``infra.resources``)."""
+    """Runs each stage task with the run's timeout for it (``tasks.common.with_timeout``) and records
+    its seconds, in pipeline order; ``peak_rss_mb``: the peak memory of each stage (this process and
+    the Spark JVM, ``infra.resources``)."""
 
-    def __init__(self):
+    def __init__(self, settings):
         super().__init__()
+        self.settings = settings
         self.peak_rss_mb: dict[str, int] = {}
 
-    def run(self, stage: str, fn, *args, **kwargs):
+    def run(self, stage: str, stage_task, *args, **kwargs):
         peak, t0 = PeakRss(), time.perf_counter()
         try:
             with peak:
-                return fn(*args, **kwargs)
+                return with_timeout(stage_task, self.settings)(*args, **kwargs)
         finally:
             self[stage] = round(time.perf_counter() - t0, 3)
             self.peak_rss_mb[stage] = peak.mb
@@ -97,7 +100,7 @@ def daily(
     log = get_run_logger()
     settings = settings_for_run(data, pretrain, fine_tune, index, gate, watch)
     run_date = (run_date or _today()).isoformat()
-    clock = _Stopwatch()
+    clock = _Stopwatch(settings)
 
     validation = clock.run("validate", validate_events, settings, run_date)
     plan = clock.run("vocabulary", plan_run_window, settings, run_date)
@@ -115,8 +118,8 @@ def daily(
                  "; ".join(shipped.decision.reasons))
     live = shipped.slot if shipped and shipped.decision.promoted else slot
     pushed = clock.run("push", push_model, settings, live) if decision.promoted and push else None
-    publish_report(settings, plan, validation, pretrained, trained, registered, slot, decision, pushed, dict(clock),
-                   shipped.decision if shipped else None)
+    with_timeout(publish_report, settings)(settings, plan, validation, pretrained, trained, registered, slot,
+                                           decision, pushed, dict(clock), shipped.decision if shipped else None)
     # after the report: a rollback fails the run, and the day's report must exist all the same
     watched = clock.run("watch", watch_serving, settings, pushed, live) if pushed else None
     return {

@@ -169,6 +169,12 @@ def read_window(root: Path, kind: str, run_date: str | dt.date, window_days: int
     return pa.concat_tables(tables) if tables else SCHEMA.append(pa.field("date", pa.date32())).empty_table()
 
 
+def window_rows(root: Path, kind: str, run_date: str | dt.date, window_days: int) -> int:
+    """Events of [D-W, D) (quarantined days skipped), counted from the parquet footers: no data is read."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for day in _window_days(root, run_date, window_days)
+               for f in sorted(partition_dir(root, kind, day).glob("*.parquet")))
+
+
 def window_distinct(root: Path, kind: str, run_date: str | dt.date, window_days: int,
                     column: str = "user_id") -> pa.Array:
     """The distinct values of ``column`` in the ``kind`` events of [D-W, D), sorted; reads that column only."""

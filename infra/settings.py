@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     svd_power_iters: int = Field(2, ge=0, description="Power iterations of the randomized SVD.")
     max_timeline: int = Field(200, ge=2, description="Cap on the items per user timeline (co-occurrence and "
                               "LED inputs).")
+    pretrain_engine: Literal["auto", "local", "spark"] = Field(
+        "auto", description="Where PMI + SVD run: spark, local (numpy/scipy in the flow's process) or auto "
+        "(local up to pretrain_local_max_views training views, else Spark).")
+    pretrain_local_max_views: int = Field(
+        5_000_000, ge=0, description="Largest window (training views) auto pre-trains locally: up to half "
+        "ML-20M the local engine is faster than Spark and lighter (benchmarks/pretrain_engines.py).")
 
     # --- fine-tuning (LED Project); the schedule is explained in models/led.py -----
     loss: LossName = Field("bpr", description="Fine-tuning loss: bpr, ns, css (sampled) or multi (full "
@@ -240,8 +246,8 @@ class Settings(BaseSettings):
 
     # --- operations: Prefect timeouts, notifications, result storage; Spark UI -----------------
     # A hung Spark or TensorFlow job must fail its stage, not hang the day: each stage task has a
-    # timeout (Prefect's timeout_seconds), read when the task module is imported (the worker
-    # imports the flow afresh for every run, so LED_* changes apply to the next run).
+    # timeout (Prefect's timeout_seconds), taken from the run's settings when the flow calls the task
+    # (tasks.common.with_timeout).
     validate_timeout_seconds: float = Field(1800, gt=0, description="Validation stage timeout.")
     vocabulary_timeout_seconds: float = Field(900, gt=0, description="Vocabulary stage timeout.")
     pretrain_timeout_seconds: float = Field(3600, gt=0, description="Pre-training (Spark) stage timeout.")

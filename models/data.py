@@ -343,14 +343,18 @@ def split_validation(data: UserData, item_ids: np.ndarray, share: float, max_use
                           "validation")
 
 
-def evaluation_day(views: pa.Table, clicks: pa.Table) -> dt.date | None:
+def evaluation_day(views: pa.Table, clicks: pa.Table) -> dt.date:
     """The temporal protocol's evaluation day: the last day with events (views or clicks) in the window.
 
-    The one definition used by the vocabulary plan, the split, ``led train`` and the gate's eval set.
-    Tables carry the ``date`` column of ``infra.events.read_window``.
+    The one definition used by the vocabulary plan (``models.pipeline.plan_window``) and the split
+    (:func:`temporal_split`), hence by ``led train``, the flow and the gate's eval set. Tables carry
+    the ``date`` column of ``infra.events.read_window``; a window with events on fewer than 2 days has
+    nothing to train on before its last day (``UserError``).
     """
     days = event_days(views, clicks)
-    return days[-1] if days else None
+    if len(days) < 2:
+        raise UserError(f"the temporal protocol needs events on at least 2 days of the window, got {len(days)}")
+    return days[-1]
 
 
 def event_days(views: pa.Table, clicks: pa.Table) -> list[dt.date]:
@@ -391,10 +395,9 @@ def temporal_split(views: pa.Table, clicks: pa.Table, item_ids: Sequence[str],
     earlier history and at least one clicked item not already in their
     inputs are evaluated (with ``sample``, only its users train and are evaluated).
     """
-    days = event_days(views, clicks)
-    if len(days) < 2:
-        raise UserError("the temporal protocol needs at least 2 days with events in the window")
-    early_v, early_c, last_c = split_last_day(views, clicks, days[-1])
+    eval_day = evaluation_day(views, clicks)
+    early_v, early_c, last_c = split_last_day(views, clicks, eval_day)
+    train_days = event_days(early_v, early_c)
     index = {str(item): i for i, item in enumerate(item_ids)}
     sample = sample or UserSample()
     train = build_user_data(early_v, early_c, index, max_timeline, users=sample.train_users)
@@ -402,12 +405,12 @@ def temporal_split(views: pa.Table, clicks: pa.Table, item_ids: Sequence[str],
     if sample.eval_users is not None:
         last_c = last_c.filter(pc.is_in(last_c.column("user_id"), pa.array(sample.eval_users.tolist(), pa.string())))
     test = last_day_eval_set(early_v, early_c, last_c, universe, max_timeline,
-                             name=f"clicks-{days[-1]}")
-    info = {"train_days": [str(days[0]), str(days[-2])], "eval_date": str(days[-1]),
+                             name=f"clicks-{eval_day}")
+    info = {"train_days": [str(train_days[0]), str(train_days[-1])], "eval_date": str(eval_day),
             "train_users": len(train), "eval_users": len(test), "items": len(index),
             "eval_items": len(test.item_ids),
             "eval_target_users_total": int(pc.count_distinct(last_c.column("user_id")).as_py())}
-    return TemporalSplit(np.asarray(item_ids, dtype=str), train, test, days[-1], info)
+    return TemporalSplit(np.asarray(item_ids, dtype=str), train, test, eval_day, info)
 
 
 def sample_users(users: Sequence[str], max_users: int, seed: int) -> np.ndarray:
@@ -461,16 +464,11 @@ def evaluate_scorer(score: Callable[[list[np.ndarray]], np.ndarray], eval_set: E
                     batch_size: int = 1024, k: int = 100) -> dict[str, float]:
     """Score users in batches, exclude their inputs (fold-in) from the ranking, and compute
     Recall@20/50, NDCG@100 and coverage@20 with ``models.metrics``."""
-    from models.metrics import evaluate_rankings, top_k_indices
+    from models.metrics import evaluate_rankings
+    from models.scoring import exclude_inputs, ranked
 
     rankings: list[np.ndarray] = []
     for start in range(0, len(eval_set), batch_size):
         rows = [eval_set.inputs.row(u) for u in range(start, min(start + batch_size, len(eval_set)))]
-        scores = np.array(score(rows), dtype=np.float64, copy=True)
-        for r, items in enumerate(rows):
-            if len(items):
-                scores[r, items] = -np.inf
-        top = top_k_indices(scores, k)
-        # on small catalogs the top-k can reach the excluded fold-in items: drop them
-        rankings.extend(row[np.isfinite(scores[r, row])] for r, row in enumerate(top))
+        rankings.extend(ranked(exclude_inputs(np.array(score(rows), dtype=np.float64, copy=True), rows), k))
     return evaluate_rankings(rankings, eval_set.target_sets(), n_items=n_items)

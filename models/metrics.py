@@ -95,14 +95,3 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of ``a - b`` over paired per-user values, and its standard error (nan below two pairs)."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     return (float(diff.mean()) if len(diff) else float("nan")), standard_error(diff)
-
-
-def evaluate_scores(scores: np.ndarray, fold_in: Sequence[Sequence[int]], targets: Sequence[set],
-                    k: int = 100) -> dict[str, float]:
-    """Rank dense scores (users × items) with fold-in items excluded, then evaluate."""
-    scores = np.array(scores, dtype=np.float64, copy=True)
-    for row, items in enumerate(fold_in):
-        if len(items):
-            scores[row, list(items)] = -np.inf
-    rankings = top_k_indices(scores, k)
-    return evaluate_rankings(rankings, targets, n_items=scores.shape[1])

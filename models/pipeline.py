@@ -74,15 +74,12 @@ def plan_window(settings: "Settings", run_date: str | dt.date, whole_window: boo
     """
     import pyarrow.compute as pc
 
-    from models.data import event_days
+    from models.data import evaluation_day
 
     day = events.parse_date(run_date)
     views = events.require_window(settings.events_dir, "views", day, settings.window_days)
     clicks = events.read_window(settings.events_dir, "clicks", day, settings.window_days)
-    days = event_days(views, clicks)
-    if len(days) < 2:
-        raise UserError(f"the window before {day} has events on {len(days)} day(s): at least 2 are needed")
-    start, eval_day = day - dt.timedelta(days=settings.window_days), days[-1]
+    start, eval_day = day - dt.timedelta(days=settings.window_days), evaluation_day(views, clicks)
     train_end = day if whole_window else eval_day
     train = views.filter(pc.less(views.column("date"), train_end))
     counts = pc.value_counts(train.column("item_id")).to_pylist()
@@ -112,24 +109,42 @@ def pretrain_card(pretrained: Pretrained, plan: WindowPlan) -> dict:
 
 
 def pretrain_stage(settings: "Settings", plan: WindowPlan, config: "PretrainConfig") -> Pretrained:
-    """PMI + randomized SVD (Spark) on the training days' views of the vocabulary items."""
-    from models.pretrain import Embeddings, pretrain, read_window_views
+    """PMI + randomized SVD on the training days' views of the vocabulary items, on the engine
+    ``pretrain_engine`` picks for the window's size (``models.pretrain.choose_engine``)."""
+    from models.pretrain import Embeddings, choose_engine
 
-    out = stage_dir(settings, "pretrain", {"plan": asdict(plan), "config": config.__dict__})
+    engine = choose_engine(settings.pretrain_engine, plan.train_views, settings.pretrain_local_max_views)
+    out = stage_dir(settings, "pretrain", {"plan": asdict(plan), "config": config.__dict__, "engine": engine})
     if not (out / "pretrain.json").is_file():
-        from infra.spark import get_spark
-
-        spark = get_spark(settings)
-        views = read_window_views(spark, settings.events_dir, plan.train_end, plan.train_days)
-        vocab = spark.createDataFrame([(i,) for i in plan.vocabulary], "item_id string")
         try:
-            emb = pretrain(spark, views.join(vocab.hint("broadcast"), "item_id"), config)
+            emb = (_pretrain_local if engine == "local" else _pretrain_spark)(settings, plan, config)
         except ValueError as exc:  # too few items for d, etc.
             raise UserError(f"pre-training failed: {exc}") from None
         emb.save(out)
     emb = Embeddings.load(out)
     return Pretrained(str(out), len(emb.item_ids), int(emb.E.shape[1]), float(emb.explained_variance),
                       dict(emb.timings))
+
+
+def _pretrain_spark(settings: "Settings", plan: WindowPlan, config: "PretrainConfig"):
+    from infra.spark import get_spark
+    from models.pretrain import pretrain, read_window_views
+
+    spark = get_spark(settings)
+    views = read_window_views(spark, settings.events_dir, plan.train_end, plan.train_days)
+    vocab = spark.createDataFrame([(i,) for i in plan.vocabulary], "item_id string")
+    return pretrain(spark, views.join(vocab.hint("broadcast"), "item_id"), config)
+
+
+def _pretrain_local(settings: "Settings", plan: WindowPlan, config: "PretrainConfig"):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from models.pretrain import pretrain_local
+
+    views = events.read_window(settings.events_dir, "views", plan.train_end, plan.train_days)
+    views = views.filter(pc.is_in(views.column("item_id"), value_set=pa.array(plan.vocabulary)))
+    return pretrain_local(views.select(["user_id", "item_id", "ts"]), config)
 
 
 # --------------------------------------------------------------------------- fine-tuning

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PMIResult:
-    matrix: BlockSparse          # PPMI over the kept items (rows and cols in item_ids order)
+    matrix: BlockSparse | sp.csr_matrix  # PPMI over the kept items (Spark row blocks, or one CSR locally)
     item_ids: np.ndarray         # kept item ids, sorted
     counts: np.ndarray           # int64 views per kept item
     frobenius_sq: float          # ‖PPMI‖²_F, exact
@@ -234,6 +234,18 @@ def ppmi_values(counts: np.ndarray, log_r_row: np.ndarray, log_r_col: np.ndarray
     return np.maximum(val, 0).astype(np.float32)
 
 
+def kept_items(r: np.ndarray, sums_over, min_count: int, min_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of kept items, their marginals r' as float64): items with ``r_i >= min_count``, then
+    ``r'`` = row sums over the kept columns (``sums_over(mask)``), minus items left with ``r' = 0``."""
+    keep = r >= min_count
+    r_kept = sums_over(keep) * keep
+    keep &= r_kept > 0
+    if keep.sum() < max(min_items, 2):
+        raise ValueError(f"only {int(keep.sum())} items have at least min_count={min_count} co-occurrences, "
+                         f"{max(min_items, 2)} are needed")
+    return keep, r_kept[keep].astype(np.float64)
+
+
 def _row_sums(blocks, offsets: np.ndarray, n_items: int, col_mask_bc=None) -> tuple[np.ndarray, int]:
     """(Σ_j c_ij for every item, over the columns in the mask when one is given; total nnz)."""
 
@@ -297,14 +309,12 @@ def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_tim
     timings["cooccurrence"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    keep = r >= min_count
-    r_kept = _row_sums(c_blocks, offsets, n_items, sc.broadcast(keep))[0] * keep
-    keep &= r_kept > 0
-    if keep.sum() < max(min_items, 2):
+    try:
+        keep, r_kept = kept_items(r, lambda mask: _row_sums(c_blocks, offsets, n_items, sc.broadcast(mask))[0],
+                                  min_count, min_items)
+    except ValueError:
         c_blocks.unpersist()
-        raise ValueError(f"only {int(keep.sum())} items have at least min_count={min_count} co-occurrences, "
-                         f"{max(min_items, 2)} are needed")
-    r_kept = r_kept[keep].astype(np.float64)
+        raise
     log_r = np.log(r_kept)
     log_z = log_normaliser(r_kept, smoothing)
     keep_bc, log_r_bc = sc.broadcast(keep), sc.broadcast(log_r)
@@ -327,3 +337,67 @@ def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_tim
     }
     matrix = BlockSparse(rows, cols, kept_offsets.astype(np.int64), kept_offsets.astype(np.int64))
     return PMIResult(matrix, all_ids[keep], all_counts[keep], float(frobenius_sq), sizes, timings, marginals=r_kept)
+
+
+# --- local engine ---------------------------------------------------------------
+
+def build_pmi_local(views, min_count: int = 5, smoothing: float = 0.75, max_timeline: int = 200,
+                    min_items: int = 2) -> PMIResult:
+    """The same PPMI in one process from a pyarrow table of views (user_id, item_id, ts): the local
+    pre-training engine for windows small enough that Spark's job overheads dominate (settings
+    ``pretrain_engine``, ``pretrain_local_max_views``; docs/architecture.md, "Pre-training").
+    The timelines, the item selection and the PMI formula are the Spark engine's functions; ``matrix``
+    is a scipy CSR instead of Spark row blocks."""
+    import time
+
+    import pyarrow.compute as pc
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    items = pc.dictionary_encode(views.column("item_id")).combine_chunks()
+    ids = np.asarray(items.dictionary.to_pylist(), dtype=str)
+    order = np.argsort(ids, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    item = rank[items.indices.to_numpy()].astype(np.int32)
+    all_ids, all_counts = ids[order], np.bincount(item, minlength=len(ids)).astype(np.int64)
+    n_items = len(all_ids)
+    timings["item_index"] = time.perf_counter() - t0
+    if n_items < max(min_items, 1):
+        raise ValueError(f"only {n_items} distinct items in the views, {max(min_items, 1)} are needed")
+
+    t0 = time.perf_counter()
+    user = pc.dictionary_encode(views.column("user_id")).combine_chunks().indices.to_numpy()
+    key = views.column("ts").cast("int64").to_numpy()
+    length, flat, distinct = capped_timelines(user, item, key, max_timeline)
+    indptr = np.concatenate([[0], np.cumsum(length, dtype=np.int64)])
+    x = sp.csr_matrix((np.ones(len(flat), dtype=np.int32), flat, indptr), shape=(len(length), n_items))
+    c = (x.T @ x).tocsr()
+    c.setdiag(0)
+    c.eliminate_zeros()
+    r = np.asarray(c.sum(axis=1)).ravel().astype(np.int64)
+    timings["cooccurrence"] = time.perf_counter() - t0
+    capped = int(np.sum(distinct > max_timeline))
+    if capped:
+        log.warning("capped %d of %d timelines to their %d most recent items", capped, len(length), max_timeline)
+
+    t0 = time.perf_counter()
+    keep, r_kept = kept_items(r, lambda mask: c @ mask.astype(np.int64), min_count, min_items)
+    kept = np.flatnonzero(keep)
+    ck = c[kept][:, kept].tocsr()
+    log_r = np.log(r_kept)
+    rows = np.repeat(np.arange(ck.shape[0]), np.diff(ck.indptr))
+    val = ppmi_values(ck.data, log_r[rows], log_r[ck.indices], log_normaliser(r_kept, smoothing), smoothing)
+    matrix = sp.csr_matrix((val, ck.indices, ck.indptr), shape=ck.shape)
+    matrix.eliminate_zeros()
+    timings["pmi"] = time.perf_counter() - t0
+
+    sizes = {
+        "users": int(len(length)), "items_in_input": n_items, "items": int(keep.sum()),
+        "dropped_items": int(n_items - keep.sum()), "views": int(all_counts.sum()),
+        "user_item_pairs": int(distinct.sum()), "capped_users": capped,
+        "max_timeline": max_timeline, "cooccurrence_work": int(np.sum(length.astype(np.int64) ** 2)),
+        "cooccurrence_nnz": int(c.nnz), "pmi_nnz": int(matrix.nnz), "blocks": 1,
+    }
+    frobenius_sq = float(np.square(matrix.data, dtype=np.float64).sum())
+    return PMIResult(matrix, all_ids[keep], all_counts[keep], frobenius_sq, sizes, timings, marginals=r_kept)

@@ -165,28 +165,66 @@ def pretrain(spark, views, cfg: PretrainConfig) -> Embeddings:
         raise ValueError(f"views lack columns {sorted(missing)} (have {views.columns})")
     views = views.select(*[c for c in ("user_id", "item_id", "ts") if c in views.columns]).where(
         "user_id IS NOT NULL AND item_id IS NOT NULL")
+    pmi = _with_dim_hint(cfg, lambda: build_pmi(spark, views, min_count=cfg.min_count, smoothing=cfg.smoothing,
+                                                max_timeline=cfg.max_timeline, seed=cfg.seed, min_items=cfg.dim))
+    t0 = time.perf_counter()
+    svd = randomized_svd(spark.sparkContext, pmi.matrix, cfg.dim, cfg.oversampling, cfg.power_iters, cfg.seed)
+    pmi.matrix.unpersist()
+    return _embeddings(pmi, svd, cfg, start, time.perf_counter() - t0, engine="spark")
+
+
+def pretrain_local(views, cfg: PretrainConfig) -> Embeddings:
+    """The same embeddings computed in this process from a pyarrow table of views (user_id, item_id,
+    ts): the engine for windows where Spark's per-job overheads cost more than the work
+    (``pretrain_engine``; docs/architecture.md, "Pre-training")."""
+    import pyarrow.compute as pc
+
+    from models.pmi import build_pmi_local
+    from models.rsvd import randomized_svd_local
+
+    start = time.perf_counter()
+    missing = {"user_id", "item_id", "ts"} - set(views.column_names)
+    if missing:
+        raise ValueError(f"views lack columns {sorted(missing)} (have {views.column_names})")
+    views = views.filter(pc.and_(pc.is_valid(views.column("user_id")), pc.is_valid(views.column("item_id"))))
+    pmi = _with_dim_hint(cfg, lambda: build_pmi_local(views, min_count=cfg.min_count, smoothing=cfg.smoothing,
+                                                      max_timeline=cfg.max_timeline, min_items=cfg.dim))
+    t0 = time.perf_counter()
+    svd = randomized_svd_local(pmi.matrix, cfg.dim, cfg.oversampling, cfg.power_iters, cfg.seed)
+    return _embeddings(pmi, svd, cfg, start, time.perf_counter() - t0, engine="local")
+
+
+def _with_dim_hint(cfg: PretrainConfig, build):
     try:
-        pmi = build_pmi(spark, views, min_count=cfg.min_count, smoothing=cfg.smoothing,
-                        max_timeline=cfg.max_timeline, seed=cfg.seed, min_items=cfg.dim)
+        return build()
     except ValueError as exc:
         raise ValueError(f"{exc} for {cfg.dim}-dimensional embeddings (lower dim or min_count, "
                          "or widen the window)") from None
-    n_items = len(pmi.item_ids)
-    t0 = time.perf_counter()
-    frob = pmi.frobenius_sq
-    svd = randomized_svd(spark.sparkContext, pmi.matrix, cfg.dim, cfg.oversampling, cfg.power_iters, cfg.seed)
-    pmi.matrix.unpersist()
-    timings = dict(pmi.timings, rsvd=time.perf_counter() - t0)
+
+
+def _embeddings(pmi, svd, cfg: PretrainConfig, start: float, svd_seconds: float, engine: str) -> Embeddings:
+    """E, the explained variance and the figures from a PMI and its SVD (both engines)."""
     e = embeddings_from_svd(svd.U, svd.s)
-    explained = float(np.sum(svd.s ** 2) / frob) if frob > 0 else 0.0
-    timings["total"] = time.perf_counter() - start
+    explained = float(np.sum(svd.s ** 2) / pmi.frobenius_sq) if pmi.frobenius_sq > 0 else 0.0
+    timings = dict(pmi.timings, rsvd=svd_seconds, total=time.perf_counter() - start)
     sizes = dict(pmi.sizes, dim=cfg.dim, k=svd.stats["k"], products=svd.stats["products"],
-                 qr_passes=svd.stats["qr_passes"],
+                 qr_passes=svd.stats["qr_passes"], engine=engine,
                  zero_rows=int(np.sum(~np.any(e != 0, axis=1))))
-    log.info("pretrain: %d items, d=%d, explained variance %.3f, %.1fs", n_items, cfg.dim, explained,
-             timings["total"])
+    log.info("pretrain (%s): %d items, d=%d, explained variance %.3f, %.1fs", engine, len(pmi.item_ids), cfg.dim,
+             explained, timings["total"])
     return Embeddings(item_ids=pmi.item_ids, E=e, counts=pmi.counts, singular_values=svd.s,
                       explained_variance=explained, timings=timings, sizes=sizes, W=svd.W, marginals=pmi.marginals)
+
+
+def choose_engine(engine: str, train_views: int, local_max_views: int) -> str:
+    """``local`` or ``spark``: the setting, or for ``auto`` local up to ``local_max_views`` views. On a
+    small window Spark spends seconds in job scheduling for milliseconds of work; past the threshold
+    the one-process engine's memory (the whole co-occurrence in scipy) is what Spark bounds."""
+    if engine not in ("auto", "local", "spark"):
+        raise ValueError(f"pre-training engine must be auto, local or spark, got {engine!r}")
+    if engine != "auto":
+        return engine
+    return "local" if train_views <= local_max_views else "spark"
 
 
 def read_window_views(spark, events_dir, run_date, window_days: int):

@@ -210,29 +210,56 @@ def randomized_svd(sc, a: BlockSparse, rank: int, oversampling: int = 10, power_
     """Top-``rank`` left singular vectors and singular values of a distributed sparse matrix."""
     m, n = a.shape
     k = min(rank + oversampling, m, n)
+
+    def orth_product(transposed: bool, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        bc = sc.broadcast(factor)
+        try:
+            return _cholesky_qr(sc, _times(a.cols if transposed else a.rows, bc), n if transposed else m, k)
+        finally:
+            bc.destroy()
+
+    return _halko(orth_product, m, n, rank, oversampling, power_iters, seed)
+
+
+def randomized_svd_local(a: sp.spmatrix, rank: int, oversampling: int = 10, power_iters: int = 2,
+                         seed: int = 42) -> SVDResult:
+    """The same algorithm on one in-memory sparse matrix (the local pre-training engine): the products
+    are scipy's, orthonormalisation is Householder QR; same seed, same Ω, so the same subspace as
+    :func:`randomized_svd` up to rounding."""
+    a = sp.csr_matrix(a, dtype=FACTOR_DTYPE)
+    at = a.T.tocsr()
+
+    def orth_product(transposed: bool, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        q, r = np.linalg.qr(np.asarray((at if transposed else a) @ factor, dtype=np.float64))
+        signs = np.where(np.diag(r) < 0, -1.0, 1.0)  # R with a positive diagonal, as Cholesky QR gives
+        return (q * signs).astype(FACTOR_DTYPE), r * signs[:, None], 1
+
+    return _halko(orth_product, a.shape[0], a.shape[1], rank, oversampling, power_iters, seed)
+
+
+def _halko(orth_product, m: int, n: int, rank: int, oversampling: int, power_iters: int,
+           seed: int) -> SVDResult:
+    """The algorithm of the module docstring over ``orth_product(transposed, X) -> (Q, R, passes)``,
+    Q R = A X (or Aᵀ X): the one place both engines share."""
+    k = min(rank + oversampling, m, n)
     rank = min(rank, k)
     if rank < 1:
         raise ValueError(f"cannot take a rank-{rank} SVD of a {m} × {n} matrix")
     rng = np.random.default_rng(seed)
     stats = {"k": k, "power_iters": power_iters, "products": 0, "qr_passes": 0}
 
-    def orth_product(blocks, size: int, factor: np.ndarray, want_q: bool = True):
-        """(Q, R) of M X = Q R for the sparse row blocks of M (A or Aᵀ) and a dense X."""
-        bc = sc.broadcast(factor)
-        try:
-            q, r, passes = _cholesky_qr(sc, _times(blocks, bc), size, k, want_q)
-        finally:
-            bc.destroy()
+    def product(transposed: bool, factor: np.ndarray):
+        q, r, passes = orth_product(transposed, factor)
         stats["products"] += 1
         stats["qr_passes"] += passes
         return q, r
 
-    q, _ = orth_product(a.rows, m, rng.standard_normal((n, k), dtype=np.float32))
+    q, _ = product(False, rng.standard_normal((n, k), dtype=np.float32))
     for _ in range(power_iters):
-        q_right, _ = orth_product(a.cols, n, q)
-        q, _ = orth_product(a.rows, m, q_right)
+        q_right, _ = product(True, q)
+        q, _ = product(False, q_right)
     # q is the m × k basis of A's range. Bᵀ = Aᵀ Q = Q₂ R, so B = Qᵀ A = Rᵀ Q₂ᵀ.
-    q_right, r = orth_product(a.cols, n, q)
+    q_right, r = product(True, q)
     u_small, s, w_small_t = np.linalg.svd(r.T)
     u = q.astype(np.float64) @ u_small[:, :rank]
     w = q_right.astype(np.float64) @ w_small_t[:rank].T  # A ≈ (Q Ũ) Σ (Q₂ W)ᵀ

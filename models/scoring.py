@@ -44,12 +44,20 @@ def score_batch(V: np.ndarray, b: np.ndarray, counts: np.ndarray | None,
     for r, known in enumerate(rows):
         if len(known):
             Q[r] = V[np.asarray(known, dtype=np.int64)].mean(axis=0)
-    scores = (Q @ V.T + b).astype(np.float64)
+    scores = exclude_inputs((Q @ V.T + b).astype(np.float64), rows)
+    if counts is not None:
+        for r, known in enumerate(rows):
+            if not len(known):
+                scores[r] = counts
+    return scores
+
+
+def exclude_inputs(scores: np.ndarray, rows: Sequence[np.ndarray]) -> np.ndarray:
+    """``scores`` (len(rows) x I) with each row's input items at ``-inf`` (in place): what a timeline
+    holds is never recommended back, whoever computed the scores (LED, the baselines, popularity)."""
     for r, known in enumerate(rows):
         if len(known):
             scores[r, np.asarray(known, dtype=np.int64)] = -np.inf
-        elif counts is not None:
-            scores[r] = counts
     return scores
 
 

@@ -16,17 +16,23 @@ from pathlib import Path
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from infra.settings import Settings, get_settings
+from infra.settings import Settings
 
 # Cache on the stage's explicit inputs (plan, config, upstream outputs) and its code, not on
 # the whole settings object: an unrelated knob (n_trees, ports) must not invalidate a cached SVD.
 STAGE_CACHE = (INPUTS - "settings") + TASK_SOURCE
 
 
-def stage_timeout(stage: str) -> float:
-    """The stage's ``timeout_seconds`` (``LED_<STAGE>_TIMEOUT_SECONDS``), read when the task is defined:
-    a hung Spark or TensorFlow job then fails its stage (and the run) instead of hanging the day."""
-    return getattr(get_settings(), f"{stage}_timeout_seconds")
+# The settings field of each stage task's timeout, where it is not the task's own name.
+TIMEOUT_FIELD = {"fine-tune": "fine_tune", "evaluate-and-gate": "gate", "ship-refit": "gate"}
+
+
+def with_timeout(stage_task, settings: Settings):
+    """The task with this run's ``timeout_seconds`` (``LED_<STAGE>_TIMEOUT_SECONDS``): a hung Spark or
+    TensorFlow job then fails its stage (and the run) instead of hanging the day. Applied by the flow
+    with the run's settings, so nothing reads the settings when a task module is imported."""
+    field = TIMEOUT_FIELD.get(stage_task.name, stage_task.name)
+    return stage_task.with_options(timeout_seconds=getattr(settings, f"{field}_timeout_seconds"))
 
 
 def run_dir(settings: Settings, run_date: str) -> Path:

@@ -12,10 +12,10 @@ from infra.registry import RunInfo
 from infra.settings import Settings
 from models.pipeline import Trained
 from serving.publish import SlotBuild, build_slot_files
-from tasks.common import local_trained, run_dir, stage_timeout
+from tasks.common import local_trained, run_dir
 
 
-@task(name="index", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("index"))
+@task(name="index", cache_policy=NO_CACHE)
 def build_index(settings: Settings, run_date: str, trained: Trained, registered: RunInfo,
                 folder: str = "index") -> SlotBuild:
     """Slot files (arrays + index) under the run's ``folder``, served as the registry's version; the ANN

@@ -7,10 +7,9 @@ from prefect.cache_policies import NO_CACHE
 from infra.settings import Settings
 from serving.publish import SlotBuild
 from serving.storage import BlueGreenStore, push_slot
-from tasks.common import stage_timeout
 
 
-@task(name="push", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5, timeout_seconds=stage_timeout("push"))
+@task(name="push", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5)
 def push_model(settings: Settings, slot: SlotBuild) -> dict:
     """Retried on transient S3 faults: a retry rewrites the idle slot, ACTIVE only flips after verification.
 

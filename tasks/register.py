@@ -11,11 +11,10 @@ from infra.settings import Settings
 from models.gate import REFIT_OF_TAG
 from models.pipeline import Pretrained, Trained, WindowPlan
 from models.registration import find_registered, register_export
-from tasks.common import local_trained, stage_timeout
+from tasks.common import local_trained
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      timeout_seconds=stage_timeout("register"))
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def register_model(settings: Settings, plan: WindowPlan, trained: Trained, pretrained: Pretrained,
                    validation_docs: str | None, timings: dict, refit_of: str | None = None) -> RunInfo:
     """A rerun of a date whose model is byte-identical keeps its version (``reused``).

@@ -10,7 +10,6 @@ from infra.settings import Settings
 from models.gate import GateDecision
 from models.pipeline import Pretrained, Trained, WindowPlan
 from serving.publish import SlotBuild
-from tasks.common import stage_timeout
 from tasks.validate import ValidationReport
 
 METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20")
@@ -44,7 +43,7 @@ def _refit_md(refit: GateDecision | None) -> str:
     return f"\n### {head}\n" + "\n".join("- " + r for r in refit.reasons) + "\n"
 
 
-@task(name="report", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("report"))
+@task(name="report", cache_policy=NO_CACHE)
 def publish_report(settings: Settings, plan: WindowPlan, validation: ValidationReport, pretrained: Pretrained,
                    trained: Trained, registered: RunInfo, slot: SlotBuild, decision: GateDecision,
                    pushed: dict | None, timings: dict, refit: GateDecision | None = None) -> str:

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.runner import validate_window
 from infra.settings import Settings
-from tasks.common import run_dir, stage_timeout
+from tasks.common import run_dir
 
 
 class ValidationFailed(Exception):
@@ -43,7 +43,7 @@ class ValidationReport:
     quarantined: dict = field(default_factory=dict)
 
 
-@task(name="validate", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("validate"))
+@task(name="validate", cache_policy=NO_CACHE)
 def validate_events(settings: Settings, run_date: str) -> ValidationReport:
     """Raise ``ValidationFailed`` (the run stops, nothing trained or pushed) when any check fails."""
     report_dir = run_dir(settings, run_date) / "validation"

@@ -6,9 +6,8 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.settings import Settings
 from models.pipeline import WindowPlan, plan_window
-from tasks.common import stage_timeout
 
 
-@task(name="vocabulary", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("vocabulary"))
+@task(name="vocabulary", cache_policy=NO_CACHE)
 def plan_run_window(settings: Settings, run_date: str, whole_window: bool = False) -> WindowPlan:
     return plan_window(settings, run_date, whole_window)

@@ -22,7 +22,6 @@ from models.export import EVAL_SET
 from serving.publish import SlotBuild
 from serving.storage import BlueGreenStore
 from serving.watch import ROLLED_BACK, ServingRegression, WatchReport, watch_push
-from tasks.common import stage_timeout
 
 ROLLED_BACK_EVENT = "led.model.rolled-back"
 ROLLBACK_FAILED_EVENT = "led.model.rollback-failed"
@@ -79,7 +78,7 @@ def _run_resources() -> list[dict[str, str]]:
             for role, rid in found if rid]
 
 
-@task(name="watch", cache_policy=NO_CACHE, timeout_seconds=stage_timeout("watch"))
+@task(name="watch", cache_policy=NO_CACHE)
 def watch_serving(settings: Settings, pushed: dict | None, slot: SlotBuild) -> dict:
     """Skipped without a serving endpoint; raises ``ServingRegression`` (the run fails) after a rollback."""
     watching = settings.serving_url and settings.rollback_watch_seconds > 0

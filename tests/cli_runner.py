@@ -52,3 +52,11 @@ def stop_worker(worker: subprocess.Popen) -> None:
     if worker.poll() is None:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
+
+
+def generated_world(folder: Path, seed: int, days: int = 8, users: int = 1500, items: int = 400) -> Path:
+    """``led generate`` into ``folder/events``: the small world the flow tests run the daily flow on."""
+    out = Path(folder) / "events"
+    code, _, log = led("generate", "--out", out, "--days", days, "--users", users, "--items", items, "--seed", seed)
+    assert code == 0, log
+    return out

@@ -30,6 +30,7 @@ from serving.synthetic import make_synthetic_model
 from tests.http_client import get as _get
 from tests.http_client import post_recommend
 from tests.http_client import wait_for_version as _wait_for_version
+from tests.servers import start_moto, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 LED = [sys.executable, "-m", "cli.main"]
@@ -39,24 +40,9 @@ UPLOADS = len(SLOT_ARTIFACTS) + 2  # arrays + card, index.ann, manifest.json
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory):
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    proc = start_moto(port, tmp_path_factory.mktemp("moto") / "moto.log")
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
 
 
 @pytest.fixture(scope="module")

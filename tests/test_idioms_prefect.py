@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from infra.stack import free_port
-from tests.cli_runner import led, stop_worker
+from tests.cli_runner import generated_world, led, stop_worker
 from tests.prefect_api import api, deployment, start_run, wait_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,10 +55,7 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def world(local_stack, tmp_path_factory):
-    out = tmp_path_factory.mktemp("idioms") / "events"
-    code, _, log = led("generate", "--out", out, "--days", 8, "--users", 1500, "--items", 400, "--seed", 11)
-    assert code == 0, log
-    return out
+    return generated_world(tmp_path_factory.mktemp("idioms"), seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +132,9 @@ def test_overlapping_runs_are_serialised_and_champion_ends_consistent(local_stac
 
 
 def test_stage_timeout_fails_the_run(local_stack, world):
+    # Spark's pre-training takes seconds (the local engine may finish inside the second)
     code, res, log = led("run", "--events", world, "--date", "2026-01-06", "--param", "dim=13",
-                         env={"LED_PRETRAIN_TIMEOUT_SECONDS": "1"})
+                         "--param", "pretrain_engine=spark", env={"LED_PRETRAIN_TIMEOUT_SECONDS": "1"})
     assert code == 1 and res["state"] == "FAILED", log[-3000:]
     assert "exceeded timeout of 1.0 second(s)" in log, log[-3000:]
     assert "Task run 'fine-tune" not in log

@@ -5,13 +5,14 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from models.pmi import build_pmi
-from models.pretrain import Embeddings, PretrainConfig, pretrain
-from models.rsvd import distribute, randomized_svd
+from models.pmi import build_pmi, build_pmi_local
+from models.pretrain import Embeddings, PretrainConfig, pretrain, pretrain_local
+from models.rsvd import distribute, randomized_svd, randomized_svd_local
 
 
 def reference_pmi(views: pd.DataFrame, min_count: int, alpha: float):
@@ -61,6 +62,47 @@ def test_pmi_equals_scipy_reference(spark):
     np.testing.assert_array_equal(result.counts, expected_counts)
 
 
+def test_local_pmi_equals_scipy_reference():
+    views = random_views(3)
+    ref_items, ref = reference_pmi(views, min_count=5, alpha=0.75)
+    result = build_pmi_local(pa.Table.from_pandas(views), min_count=5, smoothing=0.75, max_timeline=200)
+    assert list(result.item_ids) == list(ref_items)
+    np.testing.assert_allclose(result.matrix.toarray(), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(result.counts, views.groupby("item_id").size().loc[ref_items].to_numpy())
+    assert result.sizes["dropped_items"] == views["item_id"].nunique() - len(ref_items)
+
+
+def test_local_timelines_keep_the_most_recent_items():
+    t = [dt.datetime(2026, 1, 1, h) for h in range(5)]
+    views = pd.DataFrame({"user_id": ["a"] * 5 + ["b", "b"],
+                          "item_id": ["i0", "i1", "i2", "i3", "i4", "i0", "i1"], "ts": t + t[:2]})
+    result = build_pmi_local(pa.Table.from_pandas(views), min_count=1, max_timeline=3)
+    dense = result.matrix.toarray()
+    assert result.sizes["capped_users"] == 1 and result.sizes["cooccurrence_work"] == 3 * 3 + 2 * 2
+    assert dense[0, 1] > 0 and dense[:2, 2:].sum() == 0 and dense[2:, :2].sum() == 0
+
+
+def test_engines_agree_on_a_synthetic_window(spark, small_world):
+    """Local and Spark pre-training of the same views: same items, counts and marginals, the same
+    randomized subspace (same seed, same algorithm) up to float32 rounding."""
+    from infra import events
+    from models.pretrain import read_window_views
+
+    cfg = PretrainConfig(dim=16, min_count=5)
+    on_spark = pretrain(spark, read_window_views(spark, small_world, "2026-01-10", 9), cfg)
+    local = pretrain_local(events.read_window(small_world, "views", "2026-01-10", 9), cfg)
+    assert (on_spark.sizes["engine"], local.sizes["engine"]) == ("spark", "local")
+    assert list(local.item_ids) == list(on_spark.item_ids)
+    np.testing.assert_array_equal(local.counts, on_spark.counts)
+    np.testing.assert_allclose(local.marginals, on_spark.marginals)
+    for key in ("users", "user_item_pairs", "cooccurrence_nnz", "pmi_nnz", "dropped_items"):
+        assert local.sizes[key] == on_spark.sizes[key], key
+    np.testing.assert_allclose(local.singular_values, on_spark.singular_values, rtol=1e-4)
+    np.testing.assert_allclose(local.explained_variance, on_spark.explained_variance, rtol=1e-4)
+    cos_local, cos_spark = local.E @ local.E.T, on_spark.E @ on_spark.E.T  # rotation-free comparison
+    assert np.abs(cos_local - cos_spark).max() < 1e-3
+
+
 def test_long_timelines_keep_the_most_recent_items(spark):
     t = [dt.datetime(2026, 1, 1, h) for h in range(5)]
     views = pd.DataFrame({"user_id": ["a"] * 5 + ["b", "b"],
@@ -102,6 +144,16 @@ def test_randomized_svd_matches_svds(spark, m, n, rank, k, seed, capsys):
     assert rel.max() < 0.01
     assert angles.max() < 1.0
     np.testing.assert_allclose(got.U.T @ got.U, np.eye(k), atol=1e-5)
+
+
+@pytest.mark.parametrize("m,n,rank,k,seed", [(700, 500, 30, 20, 0), (400, 900, 15, 10, 1)])
+def test_local_randomized_svd_matches_svds(m, n, rank, k, seed):
+    matrix = low_rank_plus_noise(m, n, rank, seed)
+    got = randomized_svd_local(matrix, k, oversampling=10, power_iters=2, seed=seed)
+    s_ref = np.sort(svds(matrix.astype(np.float64), k=k, return_singular_vectors=False))[::-1]
+    assert (np.abs(got.s - s_ref) / s_ref).max() < 0.01
+    np.testing.assert_allclose(got.U.T @ got.U, np.eye(k), atol=1e-5)
+    np.testing.assert_allclose(matrix.T @ got.U, got.W * got.s, rtol=0, atol=1e-3 * got.s[0])  # Aᵀ U = W Σ
 
 
 def test_randomized_svd_on_an_ill_conditioned_matrix(spark):
@@ -146,12 +198,13 @@ def check_embeddings(emb: Embeddings, events_dir, run_date: str, window: int, di
     assert np.mean(np.max(sims, axis=1)) > 0.5
 
 
-def test_cli_pretrain(led, small_world, tmp_path, spark):
+@pytest.mark.parametrize("engine", ["local", "spark"])
+def test_cli_pretrain(led, small_world, tmp_path, spark, engine):
     out = tmp_path / "emb"
     code, result, _, err = led("pretrain", "--events", small_world, "--date", "2026-01-11", "--window", "10",
-                               "--dim", "8", "--out", out)
+                               "--dim", "8", "--out", out, "--engine", engine)
     assert code == 0, err
-    assert result["dim"] == 8 and result["items"] > 8 and 0 < result["explained_variance"] <= 1
+    assert result["engine"] == engine and result["dim"] == 8 and result["items"] > 8 and 0 < result["explained_variance"] <= 1
     assert result["seconds"] > 0
     emb = Embeddings.load(out)
     assert emb.E.shape == (result["items"], 8)
@@ -213,9 +266,17 @@ def svd_average_scores(emb: Embeddings, catalog: np.ndarray, fold_in, with_bias:
     return scores
 
 
-def test_svd_average_beats_popularity_on_ml100k(spark, ml100k_dir, capsys):
-    from models.metrics import evaluate_scores
+def evaluate_scores(scores: np.ndarray, fold_in, targets) -> dict[str, float]:
+    """Dense scores ranked through the product's own exclusion and top-k, then its metrics."""
+    from models.metrics import evaluate_rankings
+    from models.scoring import exclude_inputs, ranked
 
+    rows = [np.asarray(list(items), dtype=np.int64) for items in fold_in]
+    return evaluate_rankings(ranked(exclude_inputs(np.array(scores, dtype=np.float64), rows), 100), targets,
+                             n_items=scores.shape[1])
+
+
+def test_svd_average_beats_popularity_on_ml100k(spark, ml100k_dir, capsys):
     ratings = pd.read_csv(ml100k_dir / "ml-100k.inter", sep="\t")
     ratings.columns = ["user_id", "item_id", "rating", "timestamp"]
     ratings = ratings.astype({"user_id": str, "item_id": str})

@@ -22,6 +22,7 @@ from serving.app import Limits, LoadedModel, Service
 from serving.index import Recommender, build_and_measure, exact_answers, load_index, measure_recall
 from serving.synthetic import make_synthetic_model
 from tests.http_client import post_recommend
+from tests.servers import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 LED = [sys.executable, "-m", "cli.main"]
@@ -215,20 +216,11 @@ def _start_server(model_dir: Path, tmp: Path, *extra: str) -> tuple[subprocess.P
     return proc, port
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     proc, port = _start_server(model_dir, tmp_path_factory.mktemp("srv"))
     yield port
-    _stop(proc)
+    stop(proc)
 
 
 def _random_payload(rng: random.Random) -> bytes:
@@ -367,7 +359,7 @@ def test_other_transports_answer_the_same(model_dir, tmp_path, server):
         assert post_recommend(port, request) == expected
         assert post_recommend(port, {"items": [], "k": 0})[0] == 422
     finally:
-        _stop(proc)
+        stop(proc)
     code = f"""
 import json, socket, sys
 from pathlib import Path
@@ -384,7 +376,7 @@ run_asyncio(svc, sock)
         port = int(legacy.stdout.readline())
         assert post_recommend(port, request) == expected
     finally:
-        _stop(legacy)
+        stop(legacy)
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:

@@ -21,6 +21,7 @@ from infra.stack import free_port
 from serving.app import Limits, Poller, Service
 from serving.publish import publish_model
 from serving.storage import LAST_ACTIVE, BlueGreenStore
+from tests.servers import start_moto, stop
 from tests.test_bluegreen import _env, models, moto_url, settings  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,30 +86,6 @@ def test_tampered_or_missing_cache_stays_unready_and_says_why(settings, models, 
 
 # --- end to end: led serve restarted while S3 is stopped ------------------------------------------
 
-def _start_moto(port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).read()
-            return proc
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _serve(settings: Settings) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([*LED, "serve", "--port", "0", "--workers", "2"], cwd=ROOT, env=_env(settings),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -148,16 +125,16 @@ def test_led_serve_restarted_with_s3_stopped_serves_cache_then_follows_a_new_pus
     s3_port = free_port()
     settings = Settings(s3_endpoint_url=f"http://127.0.0.1:{s3_port}", s3_bucket="led-outage", s3_prefix="t",
                         home=tmp_path / "home", n_trees=10, search_k=2000, serve_poll_seconds=0.2)
-    moto = _start_moto(s3_port, tmp_path / "moto.log")
+    moto = start_moto(s3_port, tmp_path / "moto.log")
     try:
         publish_model(models["v1"], settings, BlueGreenStore.from_settings(settings))
         server, port = _serve(settings)
         try:
             _until(lambda: _all_workers(port, lambda m: (m["model"] or {}).get("model_version") == "1"))
         finally:
-            _stop(server)
+            stop(server)
     finally:
-        _stop(moto)
+        stop(moto)
 
     # S3 is down: the restarted server serves the cached model and says it is stale.
     server, port = _serve(settings)
@@ -175,7 +152,7 @@ def test_led_serve_restarted_with_s3_stopped_serves_cache_then_follows_a_new_pus
         assert code == 200 and body["model_version"] == "1" and len(body["ids"]) == 5
 
         # S3 comes back (empty: moto keeps no state) and a new model is pushed: every worker follows it.
-        moto = _start_moto(s3_port, tmp_path / "moto.log")
+        moto = start_moto(s3_port, tmp_path / "moto.log")
         try:
             publish_model(models["v2"], settings, BlueGreenStore.from_settings(settings))
             _until(lambda: _all_workers(port, lambda m: (m["model"] or {}).get("model_version") == "2"
@@ -183,9 +160,9 @@ def test_led_serve_restarted_with_s3_stopped_serves_cache_then_follows_a_new_pus
             assert "led_model_stale 0.0" in _json_get(port, "/metrics")[1]
             assert _json_get(port, "/readyz")[1]["stale"] is False
         finally:
-            _stop(moto)
+            stop(moto)
     finally:
-        _stop(server)
+        stop(server)
     events = [json.loads(line)["event"] for line in server.stderr.read().splitlines() if line.startswith('{"ts"')]
     assert "poll_failed" in events and "model_swap" in events
 

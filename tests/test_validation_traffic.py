@@ -128,6 +128,17 @@ def test_every_traffic_check_has_a_fault():
     assert {check for check, _ in FAULTS.values()} == set(suites.TRAFFIC_CHECKS)
 
 
+def test_exact_copies_are_not_near_duplicates(small_world, tmp_path):
+    """A partition ingested twice verbatim is the exact-duplicate check's (gap 0), never the near-duplicate
+    check's (0 < gap <= near_duplicate_seconds): the two rates are measured apart."""
+    from tests.test_validation import duplicated_day
+
+    store = _copy(small_world, tmp_path)
+    duplicated_day(store)
+    failed = {c.check for c in validate_window(store, RUN_DATE, WINDOW, settings=SETTINGS).failed}
+    assert suites.DUPLICATE_RATE in failed and suites.NEAR_DUPLICATE_RATE not in failed, failed
+
+
 def test_a_day_without_any_user_id_fails_cleanly(small_world, tmp_path):
     """The traffic statistics must not crash on what the row checks already reject."""
     store = _copy(small_world, tmp_path)
