@@ -126,7 +126,7 @@ def main() -> None:
               f"spark/local {row['spark_over_local']:.2f}x, agreement {row['agreement']}", flush=True)
     spark.stop()
 
-    print(f"\n| scale | training views | local s | local peak MB | Spark s | Spark peak MB | Spark / local |"
+    print("\n| scale | training views | local s | local peak MB | Spark s | Spark peak MB | Spark / local |"
           f" max rel diff of singular values |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['scale']}x | {r['views']:,} | {r['local']['seconds']:.1f} | {r['local']['peak_rss_mb']:,} | "

@@ -126,6 +126,7 @@ class DayRecord:
     items_launched: int = 0
     items_retired: int = 0
     next_day_scorable_share: float | None = None
+    next_day_scorable_share_evaluated: float | None = None  # of the model the gate judged (before the refit)
     stability_top20: float | None = None
     serving_p50_ms: float | None = None
     serving_p99_ms: float | None = None
@@ -365,6 +366,9 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
                             items_launched=day.launched, items_retired=day.retired)
             if live.items is not None and records:  # the clicks of the day after the live model was trained
                 records[-1].next_day_scorable_share = round(scorable_share(day.clicks, live.items), 4)
+                if live.evaluated_items is not None:
+                    records[-1].next_day_scorable_share_evaluated = round(
+                        scorable_share(day.clicks, live.evaluated_items), 4)
             records.append(rec)
             written[str(day.date)] = (day.views.num_rows, day.clicks.num_rows)
             views = day.views
@@ -388,6 +392,7 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
                 serving.wait_for_version(live.version)
                 rec.swap_seconds = _swap_seconds(settings, serving)
                 live.items = _model_items(result.get("pushed_model_dir"))
+                live.evaluated_items = _model_items(result.get("evaluated_model_dir"))
             if live.version is None:
                 continue
             rec.partial_activation = _partial_activation(settings, serving, live.version)
@@ -411,6 +416,7 @@ def simulate(settings: Settings, cfg: SimulationConfig, run_daily: Callable[[dic
 class Live:
     version: str | None = None
     items: set[str] | None = None
+    evaluated_items: set[str] | None = None  # the live day's evaluated model (the refit ships instead)
 
 
 def _run_day(settings: Settings, rec: DayRecord, params: dict, run_daily: Callable[[dict], dict],
@@ -678,8 +684,11 @@ def plot_record(records: list[DayRecord], path: Path, tolerance: float = 0.05) -
     ax.fill_between(days, median * (1 - tolerance), median * (1 + tolerance), alpha=0.2,
                     label=f"trailing 7-day median ±{tolerance:.0%}")
     ax.set_ylabel("NDCG@100")
-    axes[1].plot(days, col("next_day_scorable_share"), marker=".")
-    axes[1].set_ylabel("next-day clicks\nscorable (live)")
+    axes[1].plot(days, col("next_day_scorable_share"), marker=".", label="live (the refit, freshest day)")
+    axes[1].plot(days, col("next_day_scorable_share_evaluated"), marker=".", alpha=0.7,
+                 label="the evaluated model (without the last day)")
+    axes[1].set_ylabel("next-day clicks\nscorable")
+    axes[1].legend(loc="lower left", fontsize=8)
     axes[2].plot(days, col("catalog_size"), label="catalog size")
     twin = axes[2].twinx()
     twin.bar(days, col("items_launched"), width=0.4, color="tab:green", alpha=0.5, label="launched")
@@ -713,9 +722,9 @@ def plot_record(records: list[DayRecord], path: Path, tolerance: float = 0.05) -
 
 
 NUMERIC = ("challenger_ndcg", "challenger_ndcg_se", "champion_ndcg", "popularity_ndcg", "finetune_gain",
-           "ndcg_vs_median",
-           "catalog_size", "items_launched", "items_retired", "next_day_scorable_share", "stability_top20",
-           "serving_p50_ms", "serving_p99_ms", "serving_errors", "serving_5xx", "swap_seconds")
+           "ndcg_vs_median", "catalog_size", "items_launched", "items_retired", "next_day_scorable_share",
+           "next_day_scorable_share_evaluated", "stability_top20", "serving_p50_ms", "serving_p99_ms",
+           "serving_errors", "serving_5xx", "swap_seconds")
 
 
 def log_to_mlflow(settings: Settings, records: list[DayRecord], criteria: dict, paths: dict[str, Path]) -> str:

@@ -141,9 +141,9 @@ def test_deployment_custom_run_through_worker(local_stack, world):
 
 
 RECORD_COLUMNS = {"day", "date", "run_date", "fault", "expected", "outcome", "state", "attempts", "gate",
-                  "gate_reasons", "challenger_ndcg", "challenger_ndcg_se", "champion_ndcg", "popularity_ndcg", "finetune_gain",
-                  "median_7d_ndcg", "ndcg_vs_median", "catalog_size", "items_launched", "items_retired",
-                  "next_day_scorable_share", "stability_top20", "serving_p50_ms", "serving_p99_ms",
+                  "gate_reasons", "challenger_ndcg", "challenger_ndcg_se", "champion_ndcg", "popularity_ndcg",
+                  "finetune_gain", "median_7d_ndcg", "ndcg_vs_median", "catalog_size", "items_launched",
+                  "items_retired", "next_day_scorable_share", "next_day_scorable_share_evaluated", "stability_top20", "serving_p50_ms", "serving_p99_ms",
                   "serving_queries", "serving_errors", "serving_5xx", "swap_seconds", "live_version",
                   "pushed_version", "resumed_from_cache", "partial_activation", "worker_replaced", "error"}
 
@@ -196,6 +196,10 @@ def test_short_soak_every_fault_once(local_stack, tmp_path):
     assert all(int(r["catalog_size"]) > 0 for r in rows) and any(int(r["items_launched"]) for r in rows)
     shares = [float(r["next_day_scorable_share"]) for r in rows if r["next_day_scorable_share"]]
     assert shares and all(0 < s <= 1 for s in shares)
+    # the refit that ships knows the evaluation day's items: it never scores fewer next-day clicks
+    paired = [(float(r["next_day_scorable_share"]), float(r["next_day_scorable_share_evaluated"])) for r in rows
+              if r["next_day_scorable_share"] and r["next_day_scorable_share_evaluated"]]
+    assert paired and all(live >= evaluated for live, evaluated in paired), paired
     assert any(r["ndcg_vs_median"] for r in rows) and all(r["finetune_gain"] for r in rows if r["challenger_ndcg"])
     assert (out / "record.png").stat().st_size > 10_000 and (out / "record.json").is_file()
 
