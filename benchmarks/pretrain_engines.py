@@ -127,7 +127,7 @@ def main() -> None:
     spark.stop()
 
     print("\n| scale | training views | local s | local peak MB | Spark s | Spark peak MB | Spark / local |"
-          f" max rel diff of singular values |\n|---|---|---|---|---|---|---|---|")
+          " max rel diff of singular values |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['scale']}x | {r['views']:,} | {r['local']['seconds']:.1f} | {r['local']['peak_rss_mb']:,} | "
               f"{r['spark']['seconds']:.1f} | {r['spark']['peak_rss_mb']:,} | {r['spark_over_local']:.1f}x | "

@@ -396,14 +396,14 @@ def swap_under_load(root: Path, model_a: Path, model_b: Path, bodies: list[str],
             push_start = time.time()
             second = push_slot(store, files, manifest)
             push_s = time.time() - push_start
-            swapped_after = wait_for_version(sport, second["model_version"], workers, push_start)
+            swapped_after = wait_for_version(sport, second.model_version, workers, push_start)
             runner.join()
             served = {json.loads(urllib.request.urlopen(f"http://127.0.0.1:{sport}/model", timeout=5).read())
                       ["model"]["model_version"] for _ in range(8 * workers)}
         finally:
             stop(proc)
         return {**result, "push_seconds": round(push_s, 2), "before": first["model_version"],
-                "after": second["model_version"], "served_after": sorted(served), "workers": workers,
+                "after": second.model_version, "served_after": sorted(served), "workers": workers,
                 "seconds_from_push_to_all_workers_swapped": swapped_after}
     finally:
         stop(moto)

@@ -125,7 +125,7 @@ def daily(
     return {
         "run_date": run_date, "model_version": registered.model_version, "run_id": registered.run_id,
         "promoted": decision.promoted, "reasons": decision.reasons,
-        "pushed_slot": pushed["slot"] if pushed else None,
+        "pushed_slot": pushed.slot if pushed else None,
         "ndcg@100": trained.metrics["ndcg@100"], "recall@20": trained.metrics["recall@20"],
         "recall@50": trained.metrics["recall@50"], "ann_recall": slot.ann_recall,
         **trained.figures(),

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[*]", description="Any Spark master URL.")
     spark_driver_memory: str = Field("6g", description="Only honoured before the JVM starts.")
     spark_shuffle_partitions: int = Field(8, ge=1)
+    spark_memory_fraction: float = Field(
+        0.6, gt=0, lt=1, description="spark.memory.fraction: the share of the heap for execution and the "
+        "cached co-occurrence / PPMI blocks (Spark's default 0.6); the blocks' products run in Python, so "
+        "a larger share keeps them cached instead of rebuilt.")
     # On a cluster master (docs/architecture.md, "Running pre-training on a cluster"); ignored by local[*].
     spark_driver_host: str = Field("127.0.0.1", description="Address the driver binds to and executors reach "
                                    "it at: 127.0.0.1 for a cluster on this machine, this host's address for "

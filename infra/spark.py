@@ -85,6 +85,7 @@ def spark_conf(s: Settings) -> dict[str, str]:
         "spark.driver.host": s.spark_driver_host,
         "spark.driver.bindAddress": s.spark_driver_host,
         "spark.executor.memory": s.spark_executor_memory,
+        "spark.memory.fraction": str(s.spark_memory_fraction),
         "spark.sql.shuffle.partitions": str(s.spark_shuffle_partitions),
         "spark.default.parallelism": str(s.spark_shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",

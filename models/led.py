@@ -387,22 +387,21 @@ class NegativeSampler:
         return np.searchsorted(self.cdf, self.rng.random(n), side="right").astype(np.int32)
 
 
-def _ragged(lists: Lists):
-    tf = import_tf()
-    return tf.RaggedTensor.from_row_splits(tf.constant(lists.items, tf.int32), tf.constant(lists.indptr, tf.int64))
-
-
-def epoch_dataset(data: UserData, cfg: LedConfig, sampler: NegativeSampler, rng: np.random.Generator,
+def epoch_batches(data: UserData, cfg: LedConfig, sampler: NegativeSampler, rng: np.random.Generator,
                   batch_size: int | None = None):
-    """tf.data pipeline of one epoch: ragged (inputs, targets) batches zipped with sampled negatives."""
-    tf = import_tf()
+    """One epoch of batches: inputs and targets as ragged (values, row_splits) numpy pairs, and the
+    batch's sampled negatives. Plain numpy slices of one epoch's examples (no tf.data pipeline: at
+    daily sizes building one per epoch cost more than the steps it fed)."""
     batch_size = batch_size or cfg.batch_size or auto_batch_size(len(data))
     inputs, targets = epoch_examples(data, cfg.target_ratio, cfg.keep_prob, rng)
-    n_batches = max(1, math.ceil(len(inputs) / batch_size))
-    negatives = np.stack([sampler.sample(cfg.num_negatives) for _ in range(n_batches)])
-    examples = tf.data.Dataset.from_tensor_slices((_ragged(inputs), _ragged(targets))).batch(batch_size)
-    ds = tf.data.Dataset.zip((examples, tf.data.Dataset.from_tensor_slices(negatives)))
-    return ds.prefetch(2), len(inputs)
+    for start in range(0, len(inputs), batch_size):
+        stop = min(start + batch_size, len(inputs))
+        yield _rows(inputs, start, stop), _rows(targets, start, stop), sampler.sample(cfg.num_negatives)
+
+
+def _rows(lists: Lists, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = lists.indptr[start], lists.indptr[stop]
+    return lists.items[lo:hi], lists.indptr[start:stop + 1] - lo
 
 
 # --------------------------------------------------------------------------- scoring and evaluation
@@ -508,8 +507,7 @@ def _batches(train: UserData, cfg: LedConfig, schedule: Schedule, sampler: Negat
     """(epoch, inputs, targets, negatives) until ``max_steps`` batches or ``epochs`` passes."""
     step = 0
     for epoch in range(1, cfg.epochs + 1):
-        ds, _ = epoch_dataset(train, cfg, sampler, rng, schedule.batch_size)
-        for (inputs, targets), negatives in ds:
+        for inputs, targets, negatives in epoch_batches(train, cfg, sampler, rng, schedule.batch_size):
             if step >= schedule.max_steps:
                 return
             step += 1
@@ -558,10 +556,14 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
     model.log_q = tf.constant(np.log(sampler.q).astype(np.float32))
     optimizers = _optimizers(cfg, schedule, model)
     loss_fn = LOSS_FUNCTIONS[cfg.loss]
-    ragged = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1, row_splits_dtype=tf.int64)
+    values, splits = tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64)
 
-    @tf.function(input_signature=[ragged, ragged, tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
-    def train_step(inputs, targets, negatives):
+    # plain tensors in, ragged inside, and the concrete function called directly: the polymorphic
+    # function's per-call dispatch cost as much as the step itself at daily sizes
+    @tf.function(input_signature=[values, splits, values, splits, values])
+    def train_step_fn(input_values, input_splits, target_values, target_splits, negatives):
+        inputs = tf.RaggedTensor.from_row_splits(input_values, input_splits, validate=False)
+        targets = tf.RaggedTensor.from_row_splits(target_values, target_splits, validate=False)
         variables = [v for _, vs in optimizers for v in vs]
         with tf.GradientTape() as tape:
             loss = loss_fn(model, model.hidden(inputs), targets, negatives, tf.gather(model.log_q, negatives))
@@ -569,6 +571,8 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
         for optimizer, vs in optimizers:
             optimizer.apply_gradients(zip([next(grads) for _ in vs], vs))
         return loss
+
+    train_step = train_step_fn.get_concrete_function()
 
     use_valid = valid is not None and len(valid) > 0
     initial = _valid_metrics(model, valid, counts) if use_valid else {}
@@ -583,7 +587,7 @@ def fine_tune(embeddings, train: UserData, valid: EvalSet | None, cfg: LedConfig
                  f"warm-up {schedule.warmup_steps}, validation every {schedule.eval_every}")
     _report(progress, cfg, schedule, history[0], True)
     for epoch, inputs, targets, negatives in _batches(train, cfg, schedule, sampler, rng):
-        losses.append(float(train_step(inputs, targets, negatives)))
+        losses.append(float(train_step(*inputs, *targets, negatives)))
         step += 1
         if not np.isfinite(losses[-1]):
             raise FloatingPointError(f"training diverged at step {step} (loss {losses[-1]})")

@@ -75,7 +75,7 @@ def _embeddings_for(spark, split: HeldoutSplit, views, clicks, seed: int, dim: i
     import pyarrow.compute as pc
 
     from models.led import align_embeddings
-    from models.pretrain import PretrainConfig, pretrain
+    from models.pretrain import PretrainConfig, pretrain, pretrain_local
 
     train_users = pa.array(split.train.user_ids.tolist(), pa.string())
     tables = [clicks.select(["user_id", "item_id", "ts"])]
@@ -83,9 +83,11 @@ def _embeddings_for(spark, split: HeldoutSplit, views, clicks, seed: int, dim: i
         tables.append(views.select(["user_id", "item_id", "ts"]))
     events = pa.concat_tables(tables)
     events = events.filter(pc.is_in(events.column("user_id"), value_set=train_users))
-    df = spark.createDataFrame(events.to_pandas())
     cfg = PretrainConfig(**({"dim": dim, "seed": seed} | overrides))
-    emb = pretrain(spark, df, cfg)
+    if spark is None:  # the local engine (run_quality picks it as the daily flow would)
+        emb = pretrain_local(events, cfg)
+    else:
+        emb = pretrain(spark, spark.createDataFrame(events.to_pandas()), cfg)
     E, found = align_embeddings(split.item_ids, emb.item_ids, emb.E)
     info = {"embedded_items": found, "catalog": len(split.item_ids), "explained_variance": emb.explained_variance}
     return types.SimpleNamespace(item_ids=split.item_ids, E=E, counts=split.train_counts), info
@@ -220,9 +222,15 @@ def format_table(models: dict[str, dict]) -> str:
 
 def run_quality(events_dir: Path, cfg: QualityConfig, spark=None, progress=_log) -> dict:
     """The whole table: ``{"models": {name: figures}, "data": ..., "config": ...}``."""
+    from infra.settings import get_settings
+    from models.pretrain import choose_engine
+
     views, clicks = load_events(Path(events_dir))
-    needs_spark = any(m not in ("oracle", "popularity", "ease", "mult_vae") for m in cfg.models)
-    if needs_spark and spark is None:
+    needs_pretraining = any(m not in ("oracle", "popularity", "ease", "mult_vae") for m in cfg.models)
+    settings = get_settings()
+    engine = choose_engine(settings.pretrain_engine, views.num_rows + clicks.num_rows,
+                           settings.pretrain_local_max_views)
+    if needs_pretraining and spark is None and engine == "spark":  # same engine rule as the daily flow
         from infra.spark import get_spark
 
         spark = get_spark()
@@ -233,4 +241,5 @@ def run_quality(events_dir: Path, cfg: QualityConfig, spark=None, progress=_log)
     return {"models": aggregate(per_seed),
             "data": {"events": str(events_dir), "views": views.num_rows, "clicks": clicks.num_rows},
             "config": {"seeds": cfg.seeds, "led": led, "pretrain": cfg.pretrain_overrides,
+                       "pretrain_engine": "spark" if spark is not None else "local",
                        "mult_vae": dataclasses.asdict(cfg.mult_vae) if cfg.mult_vae else None}}

@@ -104,6 +104,6 @@ def publish_model(model_dir: Path, settings, store: BlueGreenStore | None = None
                 {"pushed": False, "slot": None, **summary})
         store = store or BlueGreenStore.from_settings(settings)
         pushed = push_slot(store, files, manifest, before_verify=before_verify)
-        return {"pushed": True, **pushed, **summary, "seconds": round(time.time() - started, 3)}
+        return {"pushed": True, **pushed.as_dict(), **summary, "seconds": round(time.time() - started, 3)}
     finally:
         shutil.rmtree(work, ignore_errors=True)

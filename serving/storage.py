@@ -43,7 +43,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -385,9 +385,28 @@ def model_version_of(model_dir: Path, card: dict) -> str:
     return f"sha-{model_fingerprint(Path(model_dir))[:12]}"
 
 
+@dataclass(frozen=True)
+class Push:
+    """What a blue/green push did: the slot it wrote and flipped ACTIVE to, the version now live and
+    what was live before (None on the first push); ``already_live``: nothing written, the version
+    was live already (an idempotent rerun)."""
+
+    slot: str
+    model_version: str
+    store: str
+    manifest_sha256: str | None = None
+    previous_slot: str | None = None
+    previous_model_version: str | None = None
+    seconds: float = 0.0
+    already_live: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 def push_slot(store: BlueGreenStore, files: dict[str, Path], manifest: dict,
-              before_verify: Callable[[str], None] | None = None) -> dict:
-    """Write the idle slot, verify it, flip ACTIVE. Returns the push result (slot, version, previous).
+              before_verify: Callable[[str], None] | None = None) -> Push:
+    """Write the idle slot, verify it, flip ACTIVE. Returns what it did (slot, version, previous).
 
     Refuses (``RecallBelowFloor``, nothing written) a manifest whose ``ann_recall`` is below the
     ``min_ann_recall`` recorded by the index build, whoever calls it.
@@ -410,10 +429,9 @@ def push_slot(store: BlueGreenStore, files: dict[str, Path], manifest: dict,
     _fault("before_flip")
     active = store.flip(slot, manifest["model_version"], manifest_sha, previous)
     _fault("after_flip")
-    return {"slot": slot, "model_version": active.model_version, "manifest_sha256": manifest_sha,
-            "previous_slot": previous.slot if previous else None,
-            "previous_model_version": previous.model_version if previous else None,
-            "store": store.url, "seconds": round(time.time() - started, 3)}
+    return Push(slot, str(active.model_version), store.url, manifest_sha,
+                previous.slot if previous else None, previous.model_version if previous else None,
+                round(time.time() - started, 3))
 
 
 def rollback(store: BlueGreenStore, expect_slot: str | None = None) -> dict:

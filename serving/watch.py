@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 from models.metrics import ndcg_at_k
 from serving.client import RECOMMEND, ServingClient
-from serving.storage import BlueGreenStore, StorageError, rollback
+from serving.storage import BlueGreenStore, Push, StorageError, rollback
 
 CANARY_K = 100  # NDCG@100, the gate's metric
 MAX_SCRAPE_FAILURES = 3  # consecutive failed scrapes during the watch: serving stopped answering
@@ -289,15 +289,15 @@ class WatchReport:
 
 
 class _Watch:
-    def __init__(self, settings, store: BlueGreenStore, pushed: dict, probes: Sequence[Probe],
+    def __init__(self, settings, store: BlueGreenStore, pushed: Push, probes: Sequence[Probe],
                  clock: Callable[[], float], sleep: Callable[[float], None]):
         self.settings, self.store, self.pushed, self.probes = settings, store, pushed, list(probes)
         self.url = settings.serving_url.rstrip("/")
         self.client = ServingClient(self.url)
         self.limits = Thresholds.from_settings(settings)
         self.clock, self.sleep = clock, sleep
-        self.version = str(pushed["model_version"])
-        self.previous = pushed.get("previous_model_version")
+        self.version = str(pushed.model_version)
+        self.previous = pushed.previous_model_version
         self.started = clock()
         self.scrape_error = ""
         self.report = WatchReport(HEALTHY, [], self.version, self.previous, self.url,
@@ -349,7 +349,7 @@ class _Watch:
         return None
 
     def _previous_ndcg(self) -> float | None:
-        slot = self.pushed.get("previous_slot")
+        slot = self.pushed.previous_slot
         if slot is None or not self.probes:
             return None
         try:
@@ -385,10 +385,10 @@ class _Watch:
             return f"serving unreachable: {exc}"
 
     def _roll_back(self, reasons: list[str]) -> WatchReport:
-        if self.pushed.get("previous_slot") is None:
+        if self.pushed.previous_slot is None:
             return self._finish(REGRESSED, reasons + ["no previous slot to roll back to (first push)"])
         try:
-            self.report.rollback = rollback(self.store, expect_slot=self.pushed["slot"])
+            self.report.rollback = rollback(self.store, expect_slot=self.pushed.slot)
         except StorageError as exc:
             return self._finish(REGRESSED, reasons + [f"rollback refused: {exc}"])
         except Exception as exc:  # S3 unreachable: still a regression to report, not a crash of the watch
@@ -417,7 +417,7 @@ class _Watch:
         return self.report
 
 
-def watch_push(settings, store: BlueGreenStore, pushed: dict | None, probes: Sequence[Probe],
+def watch_push(settings, store: BlueGreenStore, pushed: Push | None, probes: Sequence[Probe],
                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
                ) -> WatchReport:
     """Watch the serving processes after ``pushed`` (``push_slot``'s result); roll back a regression.
@@ -426,9 +426,9 @@ def watch_push(settings, store: BlueGreenStore, pushed: dict | None, probes: Seq
     registry and fails the run); "skipped" when there is nothing to watch."""
     if settings.rollback_watch_seconds <= 0:
         return WatchReport(SKIPPED, ["off: rollback_watch_seconds = 0"])
-    if not pushed or pushed.get("already_live") or "previous_model_version" not in pushed:
+    if pushed is None or pushed.already_live:
         return WatchReport(SKIPPED, ["nothing was swapped by this run"])
     if not settings.serving_url:
         return WatchReport(SKIPPED, ["no serving endpoint: serving_url is not set"],
-                           str(pushed["model_version"]), pushed.get("previous_model_version"))
+                           str(pushed.model_version), pushed.previous_model_version)
     return _Watch(settings, store, pushed, probes, clock, sleep).run()

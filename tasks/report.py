@@ -10,6 +10,7 @@ from infra.settings import Settings
 from models.gate import GateDecision
 from models.pipeline import Pretrained, Trained, WindowPlan
 from serving.publish import SlotBuild
+from serving.storage import Push
 from tasks.validate import ValidationReport
 
 METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20")
@@ -46,14 +47,14 @@ def _refit_md(refit: GateDecision | None) -> str:
 @task(name="report", cache_policy=NO_CACHE)
 def publish_report(settings: Settings, plan: WindowPlan, validation: ValidationReport, pretrained: Pretrained,
                    trained: Trained, registered: RunInfo, slot: SlotBuild, decision: GateDecision,
-                   pushed: dict | None, timings: dict, refit: GateDecision | None = None) -> str:
+                   pushed: Push | None, timings: dict, refit: GateDecision | None = None) -> str:
     rows = metrics_rows(decision)
     gain = trained.side_by_side()
     gain_table = "\n".join(f"| {name} | {_fmt(gain[name].get('ndcg@100'))} | {_fmt(gain[name].get('recall@20'))} |"
                            for name in ("popularity", "initialisation", "trained", "gain"))
     table = "\n".join(f"| {r['metric']} | {_fmt(r['challenger'])} | {_fmt(r['champion'])} | {_fmt(r['delta'])} |"
                       for r in rows)
-    push_line = (f"pushed model version {pushed['model_version']} to slot **{pushed['slot']}** ({pushed['store']})"
+    push_line = (f"pushed model version {pushed.model_version} to slot **{pushed.slot}** ({pushed.store})"
                  if pushed else "not pushed: serving keeps the current champion")
     md = f"""# LED daily run {plan.run_date}
 

@@ -20,7 +20,7 @@ from infra.settings import Settings
 from models.evaluation import eval_set_json, load_eval_set, sample_eval_set
 from models.export import EVAL_SET
 from serving.publish import SlotBuild
-from serving.storage import BlueGreenStore
+from serving.storage import BlueGreenStore, Push
 from serving.watch import ROLLED_BACK, ServingRegression, WatchReport, watch_push
 
 ROLLED_BACK_EVENT = "led.model.rolled-back"
@@ -79,7 +79,7 @@ def _run_resources() -> list[dict[str, str]]:
 
 
 @task(name="watch", cache_policy=NO_CACHE)
-def watch_serving(settings: Settings, pushed: dict | None, slot: SlotBuild) -> dict:
+def watch_serving(settings: Settings, pushed: Push | None, slot: SlotBuild) -> dict:
     """Skipped without a serving endpoint; raises ``ServingRegression`` (the run fails) after a rollback."""
     watching = settings.serving_url and settings.rollback_watch_seconds > 0
     probes = canary_probes(Path(slot.files["item_ids.npy"]).parent, settings.rollback_probe_users,

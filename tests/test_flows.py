@@ -36,6 +36,7 @@ def test_run_then_rerun_is_cached_and_replaces_cleanly(local_stack, world):
     assert code == 0, log[-3000:]
     assert first["state"] == "COMPLETED" and first["promoted"] and first["pushed_slot"] in ("blue", "green")
     assert 0 < first["ndcg@100"] <= 1 and first["model_version"]
+    assert first["gain_ndcg@100"] == pytest.approx(first["ndcg@100"] - first["initialisation_ndcg@100"])
     assert first["serving_watch"].startswith("watch skipped: no serving endpoint")  # no LED_SERVING_URL here
     # the freshest day ships: the refit on the whole window is what is pushed, and it knows the items
     # the evaluated model could not (first seen on the evaluation day)
@@ -69,6 +70,16 @@ def test_validation_failure_stops_before_training(local_stack, world, tmp_path):
     code, res, log = led("run", "--events", bad, "--date", "2026-01-08", *FAST)
     assert code == 1 and res["state"] == "FAILED" and res["validation_failed"], log[-2000:]
     assert "Task run 'pretrain" not in log and "Task run 'fine-tune" not in log
+
+    # the operator's way out: quarantine the day, and the next run trains without it and says so
+    code, res, log = led("validate", "--events", bad, "--date", "2026-01-08", "--quarantine",
+                         "--report-dir", tmp_path / "report")
+    assert code == 0 and res["newly_quarantined"] == ["2026-01-07"], log[-2000:]
+    code, res, log = led("run", "--events", bad, "--date", "2026-01-08", *FAST, "--param", "push=false")
+    assert code == 0 and res["state"] == "COMPLETED", log[-3000:]
+    artifacts = api(local_stack, "/artifacts/filter", {"flow_runs": {"id": {"any_": [res["flow_run_id"]]}}})
+    report = next(a for a in artifacts if a["key"] == "daily-report")["data"]
+    assert "Quarantined, not trained on" in report and "2026-01-07" in report, report
 
 
 def test_kill_during_fine_tuning_then_rerun_skips_pretraining(local_stack, world):
@@ -123,6 +134,9 @@ def test_deployment_custom_run_through_worker(local_stack, world):
         assert {"daily-report", "daily-metrics", "validation"} <= keys
         report = next(a for a in artifacts if a["key"] == "daily-report")["data"]
         assert "Gate:" in report and "MLflow run" in report
+        # the fine-tuning's gain, side by side with its initialisation and popularity on the same clicks
+        for row in ("popularity", "initialisation", "trained", "gain"):
+            assert f"| {row} | " in report, report
 
         from mlflow import MlflowClient
 
@@ -132,6 +146,12 @@ def test_deployment_custom_run_through_worker(local_stack, world):
         runs = client.search_runs([exp.experiment_id], filter_string="params.loss = 'ns'",
                                   order_by=["attributes.start_time ASC"])
         assert runs and runs[0].data.params["d"] == "12"
+        logged = runs[0].data.metrics
+        for name in ("initialisation_ndcg_at_100", "popularity_ndcg_at_100", "gain_ndcg_at_100",
+                     "initialisation_recall_at_20", "gain_recall_at_20"):
+            assert name in logged, sorted(logged)
+        assert logged["gain_ndcg_at_100"] == pytest.approx(logged["ndcg_at_100"] - logged["initialisation_ndcg_at_100"],
+                                                           abs=1e-6)
         # the validation Data Docs arrive whole: the index page, its sub-pages and the result JSON
         docs = [a.path for a in client.list_artifacts(runs[0].info.run_id, "reports/validation")]
         assert {"reports/validation/index.html", "reports/validation/result.json"} <= set(docs), docs

@@ -56,9 +56,31 @@ def test_stage_progress_logs_only_the_blocks_own_stages(spark):
 
 
 def test_stage_progress_cancels_jobs_when_the_block_raises(spark):
+    """A stage timeout (or Ctrl-C) inside the block must not leave the JVM computing: the running job
+    is cancelled, its caller gets the cancellation, and the session stays usable."""
+    import threading
+    import time
+
+    errors: list[Exception] = []
+
+    def slow_job():
+        try:
+            spark.sparkContext.parallelize(range(2), 2).map(lambda x: time.sleep(30) or x).collect()
+        except Exception as exc:  # noqa: BLE001 - what the cancelled job raised
+            errors.append(exc)
+
+    job = threading.Thread(target=slow_job, daemon=True)
+    tracker = spark.sparkContext.statusTracker()
     with pytest.raises(KeyboardInterrupt):
         with stage_progress():
+            job.start()
+            deadline = time.monotonic() + 30
+            while not tracker.getActiveJobsIds() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert tracker.getActiveJobsIds(), "the slow job never started"
             raise KeyboardInterrupt  # what a timeout or Ctrl-C looks like from inside the block
+    job.join(20)  # far less than the 30 s the job would take
+    assert not job.is_alive() and errors and "cancel" in str(errors[0]).lower(), errors
     assert spark.range(10).count() == 10  # the session is still usable
 
 

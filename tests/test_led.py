@@ -140,7 +140,7 @@ def test_history_counts_steps_and_starts_at_the_initialisation(tf):
 
 def test_export_round_trip_matches_tf_topk(tf, tmp_path):
     from models.export import load_model
-    from models.led import LedConfig, LedModel, _ragged, fine_tune
+    from models.led import LedConfig, LedModel, fine_tune
 
     emb, train, valid = clustered_problem()
     cfg = LedConfig(dim=emb.E.shape[1], num_negatives=30, batch_size=32, epochs=2, init_scale=2.0)
@@ -155,7 +155,7 @@ def test_export_round_trip_matches_tf_topk(tf, tmp_path):
     tf_model = LedModel(emb.E, emb.counts, "project")
     tf_model.P.assign(trained.P)
     tf_model.b.assign(trained.b)
-    logits = tf_model.logits(_ragged(valid.inputs)).numpy()
+    logits = tf_model.logits(tf.RaggedTensor.from_row_splits(valid.inputs.items, valid.inputs.indptr)).numpy()
     for u in range(10):
         inputs = valid.inputs.row(u)
         ids, _ = exported.exact_topk([emb.item_ids[i] for i in inputs], k=10)

@@ -24,6 +24,9 @@ def test_train_exports_a_model_evaluated_on_the_last_day_then_register_gates_it(
     for key in ("recall@20", "recall@50", "ndcg@100"):
         assert 0 < last[key] <= 1
     assert last["ndcg@100"] > last["popularity_ndcg@100"]
+    # the fine-tuning's gain over its own initialisation, on the same held-out clicks
+    assert last["gain_ndcg@100"] == pytest.approx(last["ndcg@100"] - last["initialisation_ndcg@100"])
+    assert "initialisation" in err and "gain" in err
     assert model.card["data_window"]["eval_date"] == "2026-01-10"
     assert model.card["data_window"]["train_days"] == ["2026-01-01", "2026-01-09"]
     assert model.eval_timelines and len(model.eval_timelines) <= 2000

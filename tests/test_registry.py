@@ -405,3 +405,45 @@ def test_led_card_figures_become_metrics_and_run_date(tmp_path):
     png = registry.training_curve_png([{"epoch": e, "loss": 1 / e, "val_ndcg@100": e / 10, "examples": 900}
                                        for e in (1, 2, 3)], tmp_path / "curve.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_refit_ships_only_when_sane_else_the_evaluated_model_stays_champion(mlflow_server, world_models,
+                                                                             tmp_path):
+    """``ship_refit`` (docs/architecture.md, "Shipping the freshest day"): a refit with non-finite arrays or
+    an index below the recall floor is refused and the promoted evaluated version stays champion; a
+    sane one becomes champion (previous_champion untouched)."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from models.gate import ship_refit
+
+    settings = server_settings(mlflow_server, tmp_path, "led-refit-model")
+    broken_dir = tmp_path / "broken"
+    shutil.copytree(world_models["dirs"]["svd"], broken_dir)
+    V = np.load(broken_dir / "V.npy")
+    V[0, 0] = np.nan
+    np.save(broken_dir / "V.npy", V)
+    world = dict(world_models, dirs={**world_models["dirs"], "broken": broken_dir})
+    evaluated = log_model(settings, world, "svd", "2026-01-10")
+    assert gate(settings, evaluated.model_version, world_models["eval_set"]).promoted
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    champion = lambda: client.get_model_version_by_alias(settings.mlflow_model_name, "champion").version  # noqa: E731
+
+    nan_refit = log_model(settings, world, "broken", "2026-01-10")
+    decision = ship_refit(settings, nan_refit.model_version, evaluated.model_version, ann_recall=0.99)
+    assert not decision.promoted and any("non-finite" in r or "nan" in r.lower() for r in decision.reasons), \
+        decision.reasons
+    assert champion() == evaluated.model_version
+
+    sane_refit = log_model(settings, world, "popularity", "2026-01-10")
+    decision = ship_refit(settings, sane_refit.model_version, evaluated.model_version,
+                          ann_recall=settings.min_ann_recall - 0.01)
+    assert not decision.promoted and any("ANN recall" in r for r in decision.reasons), decision.reasons
+    assert champion() == evaluated.model_version
+
+    decision = ship_refit(settings, sane_refit.model_version, evaluated.model_version, ann_recall=0.99)
+    assert decision.promoted, decision.reasons
+    assert champion() == sane_refit.model_version
+    assert client.get_model_version(settings.mlflow_model_name, sane_refit.model_version).tags["gate.decision"] \
+        == "promoted"

@@ -54,9 +54,10 @@ def test_health_deltas_and_every_threshold_both_ways():
 def test_no_serving_endpoint_skips_the_watch_and_says_why():
     from infra.settings import Settings
     from infra.stack import free_port
+    from serving.storage import Push
     from serving.watch import watch_push
 
-    pushed = {"slot": "green", "model_version": "2", "previous_slot": "blue", "previous_model_version": "1"}
+    pushed = Push("green", "2", "s3://test", previous_slot="blue", previous_model_version="1")
     base = Settings(rollback_watch_seconds=5)
     nowhere = base.with_overrides(serving_url=f"http://127.0.0.1:{free_port()}")
     cases = [(base, "serving_url is not set"), (nowhere, "unreachable"),
@@ -64,7 +65,8 @@ def test_no_serving_endpoint_skips_the_watch_and_says_why():
     for settings, why in cases:
         report = watch_push(settings, None, pushed, [])
         assert report.status == "skipped" and not report.regressed and why in report.summary(), report.summary()
-    assert "nothing was swapped" in watch_push(nowhere, None, {**pushed, "already_live": True}, []).summary()
+    live = Push("green", "2", "s3://test", already_live=True)
+    assert "nothing was swapped" in watch_push(nowhere, None, live, []).summary()
 
 
 # --- end to end -------------------------------------------------------------------------------------
@@ -250,15 +252,14 @@ def test_a_push_that_makes_serving_fall_back_is_rolled_back(world, exports):
 @pytest.mark.stack
 @pytest.mark.slow
 def test_a_slot_serving_refuses_is_rolled_back_when_no_worker_swaps(world):
-    from serving.storage import BlueGreenStore, other_slot
+    from serving.storage import BlueGreenStore, Push, other_slot
     from serving.watch import watch_push
 
     store = BlueGreenStore.from_settings(world)
     before = store.read_active()
     idle = other_slot(before.slot)
     store.flip(idle, "5", "f" * 64, before)  # ACTIVE names a manifest the idle slot does not have
-    pushed = {"slot": idle, "model_version": "5", "previous_slot": before.slot,
-              "previous_model_version": before.model_version}
+    pushed = Push(idle, "5", store.url, previous_slot=before.slot, previous_model_version=before.model_version)
     report = watch_push(world.with_overrides(rollback_swap_timeout_seconds=3), store, pushed, [])
     assert report.status == "rolled_back", report.summary()
     assert "did not swap to version 5" in report.reasons[0] and "refused slot" in report.reasons[0]

@@ -199,7 +199,7 @@ def _publish(settings, store, active, model_dir: Path, source: str, day: dt.date
             emit({"pushed": False, **summary})
             return 1
         pushed = push_slot(store, slot.files, slot.manifest)
-    log(f"[foldin] version {registered.model_version} is live in slot {pushed['slot']} "
+    log(f"[foldin] version {registered.model_version} is live in slot {pushed.slot} "
         f"(ANN recall@100 {slot.ann_recall:.4f})")
-    emit({"pushed": True, **summary, **pushed})
+    emit({"pushed": True, **summary, **pushed.as_dict()})
     return 0

@@ -70,11 +70,15 @@ def run(args) -> int:
         raise UserError(str(exc)) from None
     trained = fine_tune_stage(settings, plan, pretrained, config, model_dir=args.out)
     log(f"[train] exported to {args.out}")
-    metrics = trained.metrics
+    metrics, gain = trained.metrics, trained.side_by_side()
+    log("[train] NDCG@100 on the evaluation day: " + ", ".join(
+        f"{name} {gain[name]['ndcg@100']:+.4f}" if name == "gain" else f"{name} {gain[name]['ndcg@100']:.4f}"
+        for name in ("popularity", "initialisation", "trained", "gain")))
     emit({"out": str(args.out.resolve()), "trainable_params": trained.trainable_params, "d": pretrained.dim,
           "items": pretrained.items, "loss": config.loss, "best_epoch": trained.best_epoch,
+          "best_step": trained.best_step,
           "recall@20": metrics["recall@20"], "recall@50": metrics["recall@50"], "ndcg@100": metrics["ndcg@100"],
-          "coverage@20": metrics["coverage@20"], "popularity_ndcg@100": trained.popularity_metrics["ndcg@100"],
+          "coverage@20": metrics["coverage@20"], **trained.figures(),
           "eval_users": metrics["users"], "eval_date": plan.eval_day, "eval_set": trained.eval_set,
           "train_seconds": round(trained.train_seconds, 2)})
     return 0
