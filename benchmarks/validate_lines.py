@@ -10,7 +10,9 @@ table is measured on exactly what the tests assert:
 - faults: each traffic fault of ``tests/test_validation_traffic.py`` on a copy of ``small_world``,
   plus the issue's two examples (a partition ingested twice 1 s apart, views written into clicks);
 - the sale day: day 10 of a 14-day ``led simulate`` world with more users, or the same users doing
-  more, and what fails.
+  more, and what fails;
+- the ML-100K replay (``../shared/data/ml-100k``, skipped when absent) with and without the
+  active-user floor.
 
     .venv/bin/python benchmarks/validate_lines.py          # ~1-2 min; writes results/validate_lines.json
 """
@@ -123,6 +125,25 @@ def sale_days(tmp: Path) -> list[dict]:
     return rows
 
 
+def movielens_without_the_floor(ml100k: Path, tmp: Path) -> dict | None:
+    """ML-100K replayed as one window, with the active-user floor and without it: failing days per check."""
+    from data_sources.movielens import import_movielens
+    from infra import events
+    from infra.settings import Settings
+
+    if not ml100k.exists():
+        print(f"ML-100K not found at {ml100k}: its replay is skipped")
+        return None
+    store = tmp / "ml100k"
+    import_movielens(ml100k, store)
+    days = events.list_days(store, "views")
+    end, span = days[-1] + dt.timedelta(days=1), (days[-1] - days[0]).days + 1
+    with_floor = validate_window(store, end, span, settings=v1.SETTINGS)
+    no_floor = validate_window(store, end, span, settings=Settings(volume_min_active_users=0))
+    return {"days": span, "passes_with_floor": with_floor.success,
+            "failing_days_without_floor": {c.check: len(c.days) for c in no_floor.failed}}
+
+
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -134,6 +155,7 @@ def main() -> int:
         ranges, small = clean_ranges(tmp)
         faults = fault_values(small, tmp)
         sale = sale_days(tmp)
+        movielens = movielens_without_the_floor(ROOT.parent / "shared" / "data" / "ml-100k", tmp)
     s = v1.SETTINGS
     print(f"suite v{suites.SUITE_VERSION}; clean worlds: " + "; ".join(
         f"{name} {'passes' if r['success'] else 'FAILS ' + ', '.join(r['failed'])}" for name, r in ranges.items()))
@@ -151,10 +173,14 @@ def main() -> int:
     for r in sale:
         print(f"| {r['day']} | {r['volume_ratio']:.2f}x | {r['events_per_user_ratio']:.2f} | "
               f"{', '.join(f'`{c}`' for c in r['failed']) or '-'} |")
+    if movielens:
+        print(f"\nML-100K replay ({movielens['days']} days): "
+              f"{'passes' if movielens['passes_with_floor'] else 'FAILS'} with the active-user floor; without it, "
+              "failing days per check: " + ", ".join(f"{c} {n}" for c, n in movielens["failing_days_without_floor"].items()))
     seconds = time.perf_counter() - start
     print(f"\n{seconds:.0f} s, load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
     RESULTS.write_text(json.dumps({"suite_version": suites.SUITE_VERSION, "clean": ranges, "faults": faults,
-                                   "sale_days": sale, "seconds": round(seconds, 1)}, indent=2, default=str))
+                                   "sale_days": sale, "movielens": movielens, "seconds": round(seconds, 1)}, indent=2, default=str))
     print(f"written {RESULTS}")
     return 0
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from serving.watch import Canary, Health, Scrape, Thresholds, health_between, quantile_ms, regressions
-from tests.test_serving_outage import _serve, _stop, _until
+from tests.servers import stop
+from tests.test_serving_outage import _serve, _until
 
 LIMITS = Thresholds(max_error_rate=0.01, max_p99_ms=250, max_fallback_share=0.5, max_ndcg_drop=0.2,
                     min_requests=50)
@@ -124,7 +125,7 @@ def world(local_stack, exports, tmp_path_factory):
         _until(lambda: _serves(settings, "1"))
         yield settings
     finally:
-        _stop(server)
+        stop(server)
 
 
 def _push(settings, folder: Path, version: str):

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.test_serving import _start_server, _stop, model_dir  # noqa: F401 - model_dir is a fixture
+from tests.servers import stop as stop_process
+from tests.test_serving import _start_server, model_dir  # noqa: F401 - model_dir is a fixture
 
 
 def _children(pid: int) -> set[int]:
@@ -56,7 +57,7 @@ def two_workers(model_dir, tmp_path):  # noqa: F811
         _wait_all_ready(port, 2)
         yield proc, port
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _worker_pids_seen(port: int, attempts: int = 60) -> set[int]:
@@ -143,7 +144,7 @@ def test_sigkill_of_a_worker_under_load_is_replaced_within_2s(two_workers):
     new_workers = _children(proc.pid)
     assert victim not in new_workers and len(new_workers) == 2
     assert _worker_pids_seen(port) == new_workers  # the replacement takes connections too
-    _stop(proc)
+    stop_process(proc)
     log = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith('{"ts"')]
     exits = [e for e in log if e["event"] == "worker_exited"]
     assert any(e["worker_pid"] == victim for e in exits), log[-10:]
