@@ -107,8 +107,10 @@ def test_overlapping_runs_are_serialised_and_champion_ends_consistent(local_stac
     dep, _ = deployed
     assert dep["global_concurrency_limit"]["limit"] == 1
     assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE"
-    ids = [start_run(local_stack, dep, {"run_date": day, "data": {"events_dir": str(world)}, **FAST})
-           for day in ("2026-01-07", "2026-01-08")]
+    # the first run pre-trains on Spark (a flow parameter): its stage lines must reach the run's logs
+    ids = [start_run(local_stack, dep, {"run_date": day, "data": {"events_dir": str(world)}, **FAST,
+                                        "pretrain": {**FAST.get("pretrain", {}), "pretrain_engine": engine}})
+           for day, engine in (("2026-01-07", "spark"), ("2026-01-08", "local"))]
     runs = [wait_run(local_stack, i) for i in ids]
     assert [r["state"]["type"] for r in runs] == ["COMPLETED", "COMPLETED"], [r["state"] for r in runs]
     first, second = sorted(runs, key=lambda r: r["start_time"])

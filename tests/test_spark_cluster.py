@@ -20,7 +20,8 @@ from models.pretrain import Embeddings, PretrainConfig, pretrain_window
 from tests.cli_runner import led
 
 # Small JVMs: four engineers share two cores and the RAM.
-MEMORY = {"LED_SPARK_DRIVER_MEMORY": "1g", "LED_SPARK_EXECUTOR_MEMORY": "1g"}
+# Spark pre-training on purpose: these small windows are under pretrain_local_max_views
+MEMORY = {"LED_SPARK_DRIVER_MEMORY": "1g", "LED_SPARK_EXECUTOR_MEMORY": "1g", "LED_PRETRAIN_ENGINE": "spark"}
 
 
 @pytest.fixture(scope="module")
