@@ -64,10 +64,14 @@ class StandaloneCluster:
         try:
             self._launch("master", MASTER_CLASS, "--host", HOST, "--port", str(self.port),
                          "--webui-port", str(self.webui_port))
+            # the master's ports bound before any worker picks one (a worker's UI once took the master's
+            # free port first, and /json/ answered with the worker's HTML page)
+            self._wait_for(lambda status: True, "the Spark master's status page", timeout)
             for n in range(self.workers):
                 self._launch(f"worker-{n}", WORKER_CLASS, "--host", HOST, "--webui-port", str(free_port(HOST)),
                              "--cores", str(self.cores), "--memory", self.memory, self.master_url)
-            self._wait_alive(timeout)
+            self._wait_for(lambda status: sum(w.get("state") == "ALIVE" for w in status.get("workers", []))
+                           >= self.workers, f"{self.workers} Spark workers ALIVE", timeout)
         except BaseException:
             self.stop()
             raise
@@ -108,19 +112,18 @@ class StandaloneCluster:
         tail = path.read_text(errors="replace").strip().splitlines()[-lines:] if path.exists() else ["(no log)"]
         return f"{' | '.join(tail)} ({path})"
 
-    def _wait_alive(self, timeout: float) -> None:
+    def _wait_for(self, ready, what: str, timeout: float) -> None:
+        """Poll the master's JSON status until ``ready(status)``; fail naming ``what`` and the log tail."""
         deadline = time.monotonic() + timeout
         while True:
             dead = [name for name, p in zip(self.names, self.procs) if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"Spark {dead[0]} exited at start: {self._log_tail(dead[0])}")
             try:
-                alive = [w for w in self.status().get("workers", []) if w.get("state") == "ALIVE"]
-                if len(alive) >= self.workers:
+                if ready(self.status()):
                     return
-            except OSError:  # the master's web UI is not up yet
+            except (OSError, ValueError):  # the web UI is not up yet, or not yet answering JSON
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.workers} Spark workers not ALIVE after {timeout:.0f}s: "
-                                   f"{self._log_tail('master')}")
+                raise RuntimeError(f"no {what} after {timeout:.0f}s: {self._log_tail('master')}")
             time.sleep(0.5)
