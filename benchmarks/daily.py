@@ -93,6 +93,8 @@ def main() -> None:
             row["refit_seconds"] = round(sum(row[s] or 0 for s in REFIT_STAGES), 1)
             row["peak_rss_mb"] = res.get("peak_rss_mb") or {}
             row["max_rss_mb"] = max(row["peak_rss_mb"].values(), default=None)
+            row["pretrain_detail"] = {"evaluated": pretrain_detail(res.get("evaluated_model_dir")),
+                                      "refit": pretrain_detail(res.get("pushed_model_dir"))}
             row["load_average"] = round(os.getloadavg()[0], 2)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -109,6 +111,7 @@ def main() -> None:
         print(f"full scale end to end: {result['full_minutes']} min (target <= 20)")
     result["slopes"] = slopes(rows)
     print_slopes(result["slopes"])
+    print_pretrain(rows)
     if "4x" in by:
         result["4x_minutes"] = round(by["4x"]["wall_seconds"] / 60, 1)
         result["4x_max_rss_mb"] = by["4x"]["max_rss_mb"]
@@ -118,6 +121,16 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     print(f"plots: {plot_stages(rows, PLOT)} {plot_loglog(rows, LOGLOG)}")
     print(json.dumps(result))
+
+
+def pretrain_detail(model_dir: str | None) -> dict:
+    """The pre-training behind a model: its phases' seconds and its sizes (co-occurrence and PPMI
+    non-zeros), from the model card's pre-training folder: what inside the stage grows with the input."""
+    if not model_dir:
+        return {}
+    card = json.loads((Path(model_dir) / "model_card.json").read_text())
+    meta = json.loads((Path(card["pretrain"]["path"]) / "pretrain.json").read_text())
+    return {"timings": meta.get("timings", {}), "sizes": meta.get("sizes", {})}
 
 
 PLOT = ROOT / "benchmarks" / "results" / "daily_stages.png"
@@ -140,6 +153,17 @@ def print_slopes(found: list[dict]) -> None:
         worst = sorted(step["slope"].items(), key=lambda kv: -kv[1])[:4]
         print(f"{step['from']} -> {step['to']} (events x{step['events_ratio']}): time/events slope "
               + ", ".join(f"{k} {v}" for k, v in worst) + " (1.0 = linear)")
+
+
+def print_pretrain(rows: list[dict]) -> None:
+    """Per scale, the evaluated model's pre-training: phases' seconds and the sizes they work on."""
+    print("\npre-training (evaluated model): seconds per phase and sizes")
+    for r in rows:
+        d = (r.get("pretrain_detail") or {}).get("evaluated") or {}
+        t, z = d.get("timings", {}), d.get("sizes", {})
+        print(f"{r['scale']:>8s}: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if isinstance(v, (int, float)))
+              + f" | work {z.get('cooccurrence_work')}, co-occurrence nnz {z.get('cooccurrence_nnz')}, "
+              f"PPMI nnz {z.get('pmi_nnz')}, items {z.get('items')}")
 
 
 def plot_loglog(rows: list[dict], out: Path) -> Path:

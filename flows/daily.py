@@ -90,7 +90,7 @@ def daily(
     Args:
         run_date: Run date D; the run uses events of [D - window_days, D). Default: today (UTC).
         data: Event store, window and seed (empty fields: the settings).
-        pretrain: Pre-training knobs: d, min_count, timeline cap, SVD power iterations.
+        pretrain: Pre-training knobs: d, min_count, PMI smoothing, timeline cap, SVD power iterations.
         fine_tune: Fine-tuning knobs: loss, negatives, learning rate, batch size, epochs, keep_prob.
         index: Annoy index knobs: trees and search_k.
         gate: Champion/challenger gate tolerance; whether a promoted model is refit on the whole window.

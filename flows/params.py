@@ -21,7 +21,7 @@ from infra.settings import Settings, get_settings
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("events_dir", "window_days", "seed"),
-    "pretrain": ("dim", "min_count", "max_timeline", "svd_power_iters", "pretrain_engine",
+    "pretrain": ("dim", "min_count", "pmi_smoothing", "max_timeline", "svd_power_iters", "pretrain_engine",
                  "pretrain_local_max_views"),
     "fine_tune": ("loss", "num_negatives", "negative_sampling", "learning_rate", "batch_size", "max_steps",
                   "epochs", "eval_every", "patience", "lr_schedule", "warmup_share", "bias_lr_scale",

@@ -75,6 +75,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from infra.settings import default
 from models import scoring
 from models.data import EvalSet, Lists, TemporalSplit, UserData, UserSample, epoch_examples, evaluate_scorer
 from models.evaluation import evaluate_model
@@ -105,40 +106,33 @@ def import_tf():
 
 
 # --------------------------------------------------------------------------- configuration
-def _setting(name: str):
-    """The default of a training knob: infra/settings.py is the one place defaults live."""
-    from infra.settings import Settings
-
-    return Settings.model_fields[name].default
-
-
 SCHEDULES = ("cosine", "constant")
 EVALUATIONS_PER_BUDGET = 40  # eval_every = 0: validate ~40 times over the step budget
 
 
 @dataclass
 class LedConfig:
-    dim: int = _setting("dim")
-    loss: str = _setting("loss")
-    num_negatives: int = _setting("num_negatives")
-    negative_sampling: str = _setting("negative_sampling")
-    learning_rate: float = _setting("learning_rate")
-    batch_size: int = _setting("batch_size")  # 0: derived from the number of training users
-    epochs: int = _setting("epochs")  # a cap on passes over the data; the budget is max_steps
-    max_steps: int = _setting("max_steps")
-    eval_every: int = _setting("eval_every")  # 0: derived from the step budget
-    patience: int = _setting("patience")  # evaluations without improvement
-    lr_schedule: str = _setting("lr_schedule")
-    warmup_share: float = _setting("warmup_share")
-    bias_lr_scale: float = _setting("bias_lr_scale")
-    keep_prob: float = _setting("keep_prob")
-    target_ratio: float = _setting("target_ratio")
-    seed: int = _setting("seed")
+    dim: int = default("dim")
+    loss: str = default("loss")
+    num_negatives: int = default("num_negatives")
+    negative_sampling: str = default("negative_sampling")
+    learning_rate: float = default("learning_rate")
+    batch_size: int = default("batch_size")  # 0: derived from the number of training users
+    epochs: int = default("epochs")  # a cap on passes over the data; the budget is max_steps
+    max_steps: int = default("max_steps")
+    eval_every: int = default("eval_every")  # 0: derived from the step budget
+    patience: int = default("patience")  # evaluations without improvement
+    lr_schedule: str = default("lr_schedule")
+    warmup_share: float = default("warmup_share")
+    bias_lr_scale: float = default("bias_lr_scale")
+    keep_prob: float = default("keep_prob")
+    target_ratio: float = default("target_ratio")
+    seed: int = default("seed")
     variant: str = "project"
-    init_scale: float = _setting("init_scale")
-    max_timeline: int = _setting("max_timeline")
-    max_train_users: int = _setting("max_train_users")  # 0 = every clicking user of the window
-    max_eval_users: int = _setting("max_eval_users")  # 0 = every clicker of the evaluation day
+    init_scale: float = default("init_scale")
+    max_timeline: int = default("max_timeline")
+    max_train_users: int = default("max_train_users")  # 0 = every clicking user of the window
+    max_eval_users: int = default("max_eval_users")  # 0 = every clicker of the evaluation day
     valid_share: float = 0.1
     valid_max_users: int = 2000
 

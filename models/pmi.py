@@ -13,7 +13,8 @@ Definitions (docs/architecture.md, "Pre-training"; Levy, Goldberg & Dagan 2015 f
   left with ``r'_i = 0`` are dropped too (they have no kept partner).
 - ``PMI_ij = max(0, log c_ij − log r'_i − α log r'_j + log Σ_k r'_k^α)``, i.e.
   ``log P(i, j) / (P(i) P_α(j))`` with the context distribution raised to
-  ``α = 0.75`` (the normaliser ``T = Σ c`` cancels). deepr's movielens example
+  ``α`` (``pmi_smoothing``; 0.9 by default: word2vec's 0.75 measured worse on
+  ML-100K) (the normaliser ``T = Σ c`` cancels). deepr's movielens example
   normalises ``P_α`` by ``Σ_ij c_ij^α`` instead; we use the textbook ``Σ_k r_k^α``.
   Rows are "items", columns "contexts"; with α < 1 the matrix is not symmetric.
 
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from infra.settings import default
 from models.rsvd import BlockSparse, even_offsets
 
 log = logging.getLogger(__name__)
@@ -281,8 +283,8 @@ def _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z: float
     return c_blocks.map(build)
 
 
-def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_timeline: int = 200,
-              seed: int = 42, n_blocks: int | None = None, min_items: int = 2) -> PMIResult:
+def build_pmi(spark, views, min_count: int = default("min_count"), smoothing: float = default("pmi_smoothing"),
+              max_timeline: int = default("max_timeline"), seed: int = default("seed"), n_blocks: int | None = None, min_items: int = 2) -> PMIResult:
     """Distributed PPMI of the item co-occurrence of ``views`` (user_id, item_id[, ts])."""
     import time
 
@@ -341,8 +343,8 @@ def build_pmi(spark, views, min_count: int = 5, smoothing: float = 0.75, max_tim
 
 # --- local engine ---------------------------------------------------------------
 
-def build_pmi_local(views, min_count: int = 5, smoothing: float = 0.75, max_timeline: int = 200,
-                    min_items: int = 2) -> PMIResult:
+def build_pmi_local(views, min_count: int = default("min_count"), smoothing: float = default("pmi_smoothing"),
+                    max_timeline: int = default("max_timeline"), min_items: int = 2) -> PMIResult:
     """The same PPMI in one process from a pyarrow table of views (user_id, item_id, ts): the local
     pre-training engine for windows small enough that Spark's job overheads dominate (settings
     ``pretrain_engine``, ``pretrain_local_max_views``; docs/architecture.md, "Pre-training").

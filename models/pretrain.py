@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from infra.atomic import atomic_dir
+from infra.settings import default
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,13 @@ META = "pretrain.json"
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    dim: int = 128
-    min_count: int = 5
-    smoothing: float = 0.75
-    oversampling: int = 10
-    power_iters: int = 2
-    max_timeline: int = 200
-    seed: int = 42
+    dim: int = default("dim")
+    min_count: int = default("min_count")
+    smoothing: float = default("pmi_smoothing")
+    oversampling: int = default("svd_oversampling")
+    power_iters: int = default("svd_power_iters")
+    max_timeline: int = default("max_timeline")
+    seed: int = default("seed")
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.min_count < 1 or self.oversampling < 0 or self.power_iters < 0:
