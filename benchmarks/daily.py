@@ -63,6 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.plot_from:
         rows = rows_from(json.loads(args.plot_from.read_text()))
+        print_pretrain(rows)
+        print_pretrain_growth(pretrain_growth(rows))
         print(plot_stages(rows, PLOT), plot_loglog(rows, LOGLOG))
         return
     home = Path(tempfile.mkdtemp(prefix="led-bench-daily-"))
@@ -112,6 +114,8 @@ def main() -> None:
     result["slopes"] = slopes(rows)
     print_slopes(result["slopes"])
     print_pretrain(rows)
+    result["pretrain_growth"] = pretrain_growth(rows)
+    print_pretrain_growth(result["pretrain_growth"])
     if "4x" in by:
         result["4x_minutes"] = round(by["4x"]["wall_seconds"] / 60, 1)
         result["4x_max_rss_mb"] = by["4x"]["max_rss_mb"]
@@ -164,6 +168,33 @@ def print_pretrain(rows: list[dict]) -> None:
         print(f"{r['scale']:>8s}: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if isinstance(v, (int, float)))
               + f" | work {z.get('cooccurrence_work')}, co-occurrence nnz {z.get('cooccurrence_nnz')}, "
               f"PPMI nnz {z.get('pmi_nnz')}, items {z.get('items')}")
+
+
+PRETRAIN_INPUTS = ("views", "cooccurrence_work", "cooccurrence_nnz", "pmi_nnz")
+
+
+def pretrain_growth(rows: list[dict]) -> list[dict]:
+    """Between consecutive scales, the growth of the pre-training's inputs (views; co-occurrence work
+    Σ timeline²; co-occurrence and PPMI non-zeros) and of each phase's seconds: whether a phase
+    outgrows the size it works on, or the size itself outgrows the events."""
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        da = (a.get("pretrain_detail") or {}).get("evaluated") or {}
+        db = (b.get("pretrain_detail") or {}).get("evaluated") or {}
+        if not da or not db:
+            continue
+        sizes = {k: round(db["sizes"][k] / da["sizes"][k], 2) for k in PRETRAIN_INPUTS if da["sizes"].get(k)}
+        phases = {k: round(db["timings"][k] / da["timings"][k], 2) for k in da["timings"]
+                  if da["timings"][k] >= 1.0 and k in db["timings"]}
+        out.append({"from": a["scale"], "to": b["scale"], "size_growth": sizes, "seconds_growth": phases})
+    return out
+
+
+def print_pretrain_growth(found: list[dict]) -> None:
+    for step in found:
+        print(f"pre-training {step['from']} -> {step['to']}: sizes x " +
+              ", ".join(f"{k} {v}" for k, v in step["size_growth"].items()) + "; seconds x " +
+              ", ".join(f"{k} {v}" for k, v in step["seconds_growth"].items()))
 
 
 def plot_loglog(rows: list[dict], out: Path) -> Path:

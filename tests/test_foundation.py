@@ -46,6 +46,24 @@ def test_settings_paths_are_absolute_and_urls_follow_stack_ports(monkeypatch, tm
     assert s.mlflow_tracking_uri == "http://127.0.0.1:6001" and s.s3_endpoint_url == s.moto_url
 
 
+def test_model_configs_take_their_defaults_from_the_settings():
+    """One default per knob: models/' plain dataclasses read theirs from infra/settings.py, so the
+    daily flow (Settings), `led train` and `led bench quality` (the dataclasses) cannot drift apart."""
+    from models.led import LedConfig
+    from models.pretrain import PretrainConfig
+
+    fields = Settings.model_fields
+    pretrain_names = {"dim": "dim", "min_count": "min_count", "smoothing": "pmi_smoothing",
+                      "oversampling": "svd_oversampling", "power_iters": "svd_power_iters",
+                      "max_timeline": "max_timeline", "seed": "seed"}
+    for attr, name in pretrain_names.items():
+        assert getattr(PretrainConfig(), attr) == fields[name].default, attr
+    led_defaults = LedConfig()
+    for name in ("dim", "loss", "learning_rate", "batch_size", "max_steps", "patience", "keep_prob",
+                 "init_scale", "max_train_users"):
+        assert getattr(led_defaults, name) == fields[name].default, name
+
+
 def test_config_masks_secrets_and_rejects_bad_values(led, monkeypatch):
     monkeypatch.setenv("LED_AWS_SECRET_ACCESS_KEY", "supersecret")
     get_settings.cache_clear()
