@@ -136,8 +136,10 @@ def test_sigkill_of_a_worker_under_load_is_replaced_within_2s(two_workers):
     assert replaced_at is not None, "the killed worker was not replaced within 10 s"
     assert replaced_at - killed_at <= 2.0, f"replaced after {replaced_at - killed_at:.2f} s"
     assert bad_status == []
-    # Only requests on connections to the dead worker may fail: at most one per client, all at the kill.
-    assert len(errors) <= len(clients), errors
+    # Only requests on connections to the dead worker may fail, all at the kill: the open one of each client,
+    # and a reconnect the kernel had already queued on the dying worker's listening socket (seen once in CI:
+    # 7 resets for 6 clients, all within 2 ms of the kill).
+    assert len(errors) <= 2 * len(clients), errors
     assert all(t - killed_at < 0.5 for t, _ in errors), errors
     after = [t for t in answered if t > replaced_at]
     assert len(after) > 50, len(after)  # full service afterwards
