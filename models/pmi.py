@@ -284,7 +284,8 @@ def _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z: float
 
 
 def build_pmi(spark, views, min_count: int = default("min_count"), smoothing: float = default("pmi_smoothing"),
-              max_timeline: int = default("max_timeline"), seed: int = default("seed"), n_blocks: int | None = None, min_items: int = 2) -> PMIResult:
+              max_timeline: int = default("max_timeline"), seed: int = default("seed"),
+              n_blocks: int | None = None, min_items: int = 2) -> PMIResult:
     """Distributed PPMI of the item co-occurrence of ``views`` (user_id, item_id[, ts])."""
     import time
 
