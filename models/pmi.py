@@ -38,7 +38,12 @@ items, B blocks, nnz = non-zeros of C):
 - one block task: its users' timelines plus ``C_b`` (12 bytes per non-zero)
   and the transient product, bounded by ``Σ_u L_u²/B`` multiply-adds.
 - cached: C blocks while PMI is built (12 · nnz), then PMI and PMIᵀ
-  (2 · 8 · nnz, float32 values + int32 indices).
+  (2 · 8 · nnz, float32 values + int32 indices), all spilling to local disk
+  when storage memory is full (a dropped block would be recomputed).
+
+Passes over C: one for the row sums ``r``; ``r'`` needs only the blocks that
+hold the dropped items (C is symmetric, so their columns are their rows); one
+each for PMI and PMIᵀ.
 """
 from __future__ import annotations
 
@@ -137,20 +142,17 @@ def _route_to_blocks(offsets: np.ndarray, max_timeline: int, stats_acc):
         del table, user
         stats_acc.add(np.array([len(length), distinct.sum(), np.sum(distinct > max_timeline),
                                 np.sum(length.astype(np.int64) ** 2)], dtype=np.int64))
-        start = np.r_[0, np.cumsum(length)]
+        length = length.astype(np.int32)
         owner = np.repeat(np.arange(len(length)), length)
-        block = np.searchsorted(offsets, flat, side="right") - 1
-        touched = np.unique(owner.astype(np.int64) * n_blocks + block)
+        # touches[u, b]: user u's timeline holds an item of block b (users × blocks booleans).
+        touches = np.zeros((len(length), n_blocks), dtype=bool, order="F")  # columns contiguous
+        touches[owner, np.searchsorted(offsets, flat, side="right") - 1] = True
         out_blocks, out_payloads = [], []
-        for b in range(n_blocks):
-            users = touched[touched % n_blocks == b] // n_blocks
-            if len(users) == 0:
-                continue
-            sel = length[users]
-            # Positions of the selected users' items: each user's start plus 0..len-1.
-            take = np.repeat(start[users] - np.r_[0, np.cumsum(sel)[:-1]], sel) + np.arange(sel.sum())
-            out_blocks.append(b)
-            out_payloads.append(np.concatenate([[len(users)], sel, flat[take]]).astype(np.int32).tobytes())
+        for b in np.flatnonzero(touches.any(axis=0)):
+            users = touches[:, b]
+            out_blocks.append(int(b))
+            head = np.array([users.sum()], dtype=np.int32)
+            out_payloads.append(np.concatenate([head, length[users], flat[users[owner]]]).tobytes())
         yield pa.RecordBatch.from_arrays(
             [pa.array(out_blocks, pa.int32()), pa.array(out_payloads, pa.binary())],
             names=["block", "payload"])
@@ -187,6 +189,15 @@ def _cooccurrence_block(offsets: np.ndarray, n_items: int):
     return compute
 
 
+def _spill_level():
+    """Cached blocks go to local disk when storage memory is full instead of being dropped: a dropped
+    block of C or PPMI is recomputed from the shuffle, products and all (4x ML-20M: PPMI and PPMIᵀ
+    are 6.4 GB pickled)."""
+    from pyspark import StorageLevel
+
+    return StorageLevel.MEMORY_AND_DISK
+
+
 def cooccurrence_blocks(spark, views_idx, offsets: np.ndarray, n_items: int, max_timeline: int, stats_acc):
     """Cached RDD of (block, C_b CSR int32 (rows of block b) × I).
 
@@ -204,7 +215,7 @@ def cooccurrence_blocks(spark, views_idx, offsets: np.ndarray, n_items: int, max
         routed.rdd.map(lambda row: (int(row[0]), bytes(row[1])))
         .partitionBy(n_blocks, lambda b: b)
         .mapPartitions(_cooccurrence_block(offsets, n_items), preservesPartitioning=True)
-        .cache()
+        .persist(_spill_level())
     )
 
 
@@ -248,13 +259,11 @@ def kept_items(r: np.ndarray, sums_over, min_count: int, min_items: int) -> tupl
     return keep, r_kept[keep].astype(np.float64)
 
 
-def _row_sums(blocks, offsets: np.ndarray, n_items: int, col_mask_bc=None) -> tuple[np.ndarray, int]:
-    """(Σ_j c_ij for every item, over the columns in the mask when one is given; total nnz)."""
-
+def _row_sums(blocks, offsets: np.ndarray, n_items: int) -> tuple[np.ndarray, int]:
+    """(Σ_j c_ij for every item, total nnz)."""
     def sums(kv):
         b, c = kv
-        weights = np.ones(c.shape[1], np.int64) if col_mask_bc is None else col_mask_bc.value.astype(np.int64)
-        return b, np.asarray(c @ weights, dtype=np.int64), c.nnz
+        return b, np.asarray(c.sum(axis=1, dtype=np.int64)).ravel(), c.nnz
 
     out = np.zeros(n_items, dtype=np.int64)
     nnz = 0
@@ -262,6 +271,25 @@ def _row_sums(blocks, offsets: np.ndarray, n_items: int, col_mask_bc=None) -> tu
         out[offsets[b]:offsets[b + 1]] = s
         nnz += block_nnz
     return out, nnz
+
+
+def _sums_over_kept(sc, blocks, offsets: np.ndarray, r: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``Σ_{j kept} c_ij`` for every item without a pass over all of C: C is symmetric, so the dropped
+    items' columns are their rows, ``r − Σ_{d dropped} C[d, :]``, read from the blocks that hold them
+    (block b is partition b)."""
+    dropped = np.flatnonzero(~keep)
+    if len(dropped) == 0:
+        return r.copy()
+    partitions = np.unique(np.searchsorted(offsets, dropped, side="right") - 1).tolist()
+    dropped_bc = sc.broadcast(dropped)
+
+    def dropped_rows(kv_iter):
+        for b, c in kv_iter:
+            lo, hi = offsets[b], offsets[b + 1]
+            local = dropped_bc.value[(dropped_bc.value >= lo) & (dropped_bc.value < hi)] - lo
+            yield np.asarray(c[local].sum(axis=0, dtype=np.int64)).ravel()
+
+    return r - np.sum(sc.runJob(blocks, dropped_rows, partitions), axis=0, dtype=np.int64)
 
 
 def _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z: float, alpha: float,
@@ -313,7 +341,7 @@ def build_pmi(spark, views, min_count: int = default("min_count"), smoothing: fl
 
     t0 = time.perf_counter()
     try:
-        keep, r_kept = kept_items(r, lambda mask: _row_sums(c_blocks, offsets, n_items, sc.broadcast(mask))[0],
+        keep, r_kept = kept_items(r, lambda mask: _sums_over_kept(sc, c_blocks, offsets, r, mask),
                                   min_count, min_items)
     except ValueError:
         c_blocks.unpersist()
@@ -322,8 +350,8 @@ def build_pmi(spark, views, min_count: int = default("min_count"), smoothing: fl
     log_z = log_normaliser(r_kept, smoothing)
     keep_bc, log_r_bc = sc.broadcast(keep), sc.broadcast(log_r)
     kept_offsets = np.concatenate([[0], np.cumsum([keep[offsets[b]:offsets[b + 1]].sum() for b in range(len(offsets) - 1)])])
-    rows = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=False).cache()
-    cols = _pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transpose=True).cache()
+    rows, cols = (_pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transposed)
+                  .persist(_spill_level()) for transposed in (False, True))
     pmi_nnz, frobenius_sq = rows.map(
         lambda kv: (kv[1].nnz, float(np.square(kv[1].data, dtype=np.float64).sum()))
     ).reduce(lambda x, y: (x[0] + y[0], x[1] + y[1]))

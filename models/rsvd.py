@@ -107,23 +107,35 @@ def distribute(sc, matrix: sp.spmatrix, blocks: int) -> BlockSparse:
 
 # --- distributed dense helpers -------------------------------------------------
 
-PANEL = 128  # columns of the dense factor per sparse product pass
+# The product streams the sparse block once per panel of the dense factor's columns, and each
+# non-zero gathers a row of that panel: the panel should stay in the last-level cache (two tasks
+# share it on 2 cores). Measured on PPMI blocks (benchmarks/README.md, "Panel width"): 32 columns at
+# 54k rows ran 2.7x faster than 128, 16 columns at 109k rows 2.2x; 128 columns fell out of cache.
+PANEL_BYTES = 8 << 20
+FACTOR_ITEMSIZE = np.dtype(FACTOR_DTYPE).itemsize
+
+
+def panel_width(rows: int) -> int:
+    """Columns of the dense factor per sparse-product pass: the widest power of two in 8..128
+    whose ``rows × width`` float32 panel fits in ``PANEL_BYTES``."""
+    width = 128
+    while width > 8 and rows * width * FACTOR_ITEMSIZE > PANEL_BYTES:
+        width //= 2
+    return width
+
+
+def sparse_times_dense(m: sp.csr_matrix, x: np.ndarray) -> np.ndarray:
+    """``m @ x`` (float64 out) in panels of :func:`panel_width` columns of ``x``: both engines' product."""
+    out = np.empty((m.shape[0], x.shape[1]), dtype=np.float64)
+    width = panel_width(x.shape[0])
+    for lo in range(0, x.shape[1], width):
+        out[:, lo:lo + width] = m @ np.ascontiguousarray(x[:, lo:lo + width])
+    return out
 
 
 def _times(blocks, factor_bc):
-    """Row blocks of (sparse blocks) @ X for a broadcast dense X; float64 output.
-
-    X is used in panels of PANEL columns: each non-zero then reads a short row
-    of X that stays in cache, about 1.7x faster than one pass over all k columns.
-    """
-    def mul(kv):
-        b, m = kv
-        x = factor_bc.value
-        out = np.empty((m.shape[0], x.shape[1]), dtype=np.float64)
-        for lo in range(0, x.shape[1], PANEL):
-            out[:, lo:lo + PANEL] = m @ np.ascontiguousarray(x[:, lo:lo + PANEL])
-        return b, out
-    return blocks.map(mul)
+    """Row blocks of (sparse blocks) @ X for a broadcast dense X; float64 output."""
+    return blocks.mapValues(lambda m: sparse_times_dense(m, factor_bc.value))
 
 
 def _gram(dense_blocks) -> np.ndarray:
@@ -230,7 +242,7 @@ def randomized_svd_local(a: sp.spmatrix, rank: int, oversampling: int = 10, powe
     at = a.T.tocsr()
 
     def orth_product(transposed: bool, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        q, r = np.linalg.qr(np.asarray((at if transposed else a) @ factor, dtype=np.float64))
+        q, r = np.linalg.qr(sparse_times_dense(at if transposed else a, factor))
         signs = np.where(np.diag(r) < 0, -1.0, 1.0)  # R with a positive diagonal, as Cholesky QR gives
         return (q * signs).astype(FACTOR_DTYPE), r * signs[:, None], 1
 

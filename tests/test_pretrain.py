@@ -12,7 +12,7 @@ from scipy.sparse.linalg import svds
 
 from models.pmi import build_pmi, build_pmi_local
 from models.pretrain import Embeddings, PretrainConfig, pretrain, pretrain_local
-from models.rsvd import distribute, randomized_svd, randomized_svd_local
+from models.rsvd import PANEL_BYTES, distribute, panel_width, randomized_svd, randomized_svd_local, sparse_times_dense
 
 
 def reference_pmi(views: pd.DataFrame, min_count: int, alpha: float):
@@ -124,6 +124,24 @@ def low_rank_plus_noise(m: int, n: int, rank: int, seed: int) -> sp.csr_matrix:
     right = sp.random(rank, n, density=0.3, random_state=rng)
     noise = sp.random(m, n, density=0.01, random_state=rng, data_rvs=rng.standard_normal) * 0.05
     return (left @ right + noise).tocsr()
+
+
+def test_panel_width_keeps_the_panel_in_the_cache_budget():
+    assert panel_width(1_000) == 128
+    for rows in (27_000, 54_000, 109_000, 10_000_000):
+        width = panel_width(rows)
+        assert 8 <= width <= 128 and width & (width - 1) == 0
+        assert rows * width * 4 <= PANEL_BYTES or width == 8
+    assert (panel_width(27_000), panel_width(54_000), panel_width(109_000)) == (64, 32, 16)
+
+
+@pytest.mark.parametrize("rows", [50, 300_000])  # one panel of 128 columns; 8-column panels with a short last one
+def test_sparse_times_dense_equals_the_plain_product(rows):
+    rng = np.random.default_rng(0)
+    m = sp.random(40, rows, density=0.01, random_state=rng, format="csr", dtype=np.float32)
+    x = rng.standard_normal((rows, 138)).astype(np.float32)
+    # Each output entry sums the same terms in the same order whatever the panel: equal to the bit.
+    np.testing.assert_array_equal(sparse_times_dense(m, x), m @ x)
 
 
 @pytest.mark.parametrize("m,n,rank,k,seed", [(700, 500, 30, 20, 0), (400, 900, 15, 10, 1)])
