@@ -38,8 +38,10 @@ items, B blocks, nnz = non-zeros of C):
 - one block task: its users' timelines plus ``C_b`` (12 bytes per non-zero)
   and the transient product, bounded by ``Σ_u L_u²/B`` multiply-adds.
 - cached: C blocks while PMI is built (12 · nnz), then PMI and PMIᵀ
-  (2 · 8 · nnz, float32 values + int32 indices), all spilling to local disk
-  when storage memory is full (a dropped block would be recomputed).
+  (2 · 8 · nnz, float32 values + int32 indices). In memory only: a block that
+  does not fit is dropped and recomputed on its next use. Spilling to disk
+  (MEMORY_AND_DISK) avoids the recompute but ran a 6 GB driver out of heap at
+  4x ML-20M (twice, in two sessions), so it is not used.
 
 Passes over C: one for the row sums ``r``; ``r'`` needs only the blocks that
 hold the dropped items (C is symmetric, so their columns are their rows); one
@@ -189,15 +191,6 @@ def _cooccurrence_block(offsets: np.ndarray, n_items: int):
     return compute
 
 
-def _spill_level():
-    """Cached blocks go to local disk when storage memory is full instead of being dropped: a dropped
-    block of C or PPMI is recomputed from the shuffle, products and all (4x ML-20M: PPMI and PPMIᵀ
-    are 6.4 GB pickled)."""
-    from pyspark import StorageLevel
-
-    return StorageLevel.MEMORY_AND_DISK
-
-
 def cooccurrence_blocks(spark, views_idx, offsets: np.ndarray, n_items: int, max_timeline: int, stats_acc):
     """Cached RDD of (block, C_b CSR int32 (rows of block b) × I).
 
@@ -215,7 +208,7 @@ def cooccurrence_blocks(spark, views_idx, offsets: np.ndarray, n_items: int, max
         routed.rdd.map(lambda row: (int(row[0]), bytes(row[1])))
         .partitionBy(n_blocks, lambda b: b)
         .mapPartitions(_cooccurrence_block(offsets, n_items), preservesPartitioning=True)
-        .persist(_spill_level())
+        .cache()
     )
 
 
@@ -351,7 +344,7 @@ def build_pmi(spark, views, min_count: int = default("min_count"), smoothing: fl
     keep_bc, log_r_bc = sc.broadcast(keep), sc.broadcast(log_r)
     kept_offsets = np.concatenate([[0], np.cumsum([keep[offsets[b]:offsets[b + 1]].sum() for b in range(len(offsets) - 1)])])
     rows, cols = (_pmi_blocks(c_blocks, offsets, kept_offsets, keep_bc, log_r_bc, log_z, smoothing, transposed)
-                  .persist(_spill_level()) for transposed in (False, True))
+                  .cache() for transposed in (False, True))
     pmi_nnz, frobenius_sq = rows.map(
         lambda kv: (kv[1].nnz, float(np.square(kv[1].data, dtype=np.float64).sum()))
     ).reduce(lambda x, y: (x[0] + y[0], x[1] + y[1]))

@@ -109,8 +109,9 @@ def distribute(sc, matrix: sp.spmatrix, blocks: int) -> BlockSparse:
 
 # The product streams the sparse block once per panel of the dense factor's columns, and each
 # non-zero gathers a row of that panel: the panel should stay in the last-level cache (two tasks
-# share it on 2 cores). Measured on PPMI blocks (benchmarks/README.md, "Panel width"): 32 columns at
-# 54k rows ran 2.7x faster than 128, 16 columns at 109k rows 2.2x; 128 columns fell out of cache.
+# share it on 2 cores; docs/architecture.md, "Pre-training"). Measured on PPMI row blocks
+# (benchmarks/svd_panels.py): 64 columns at 27k rows 1.2x faster than 128, 32 at 54k 2.4x,
+# 16 at 109k about 2.2x.
 PANEL_BYTES = 8 << 20
 FACTOR_ITEMSIZE = np.dtype(FACTOR_DTYPE).itemsize
 
