@@ -110,7 +110,7 @@ def distribute(sc, matrix: sp.spmatrix, blocks: int) -> BlockSparse:
 # The product streams the sparse block once per panel of the dense factor's columns, and each
 # non-zero gathers a row of that panel: the panel should stay in the last-level cache (two tasks
 # share it on 2 cores; docs/architecture.md, "Pre-training"). Measured on PPMI row blocks
-# (benchmarks/svd_panels.py): 64 columns at 27k rows 1.2x faster than 128, 32 at 54k 2.4x,
+# (benchmarks/svd_panels.py): 64 columns at 27k rows 1.9x faster than 128, 32 at 54k 3.9x,
 # 16 at 109k about 2.2x.
 PANEL_BYTES = 8 << 20
 FACTOR_ITEMSIZE = np.dtype(FACTOR_DTYPE).itemsize
@@ -125,10 +125,11 @@ def panel_width(rows: int) -> int:
     return width
 
 
-def sparse_times_dense(m: sp.csr_matrix, x: np.ndarray) -> np.ndarray:
-    """``m @ x`` (float64 out) in panels of :func:`panel_width` columns of ``x``: both engines' product."""
+def sparse_times_dense(m: sp.csr_matrix, x: np.ndarray, width: int | None = None) -> np.ndarray:
+    """``m @ x`` (float64 out) in panels of ``width`` columns of ``x`` (default :func:`panel_width`):
+    both engines' product."""
     out = np.empty((m.shape[0], x.shape[1]), dtype=np.float64)
-    width = panel_width(x.shape[0])
+    width = width or panel_width(x.shape[0])
     for lo in range(0, x.shape[1], width):
         out[:, lo:lo + width] = m @ np.ascontiguousarray(x[:, lo:lo + width])
     return out
